@@ -1,0 +1,13 @@
+"""Built-in algorithms, one module each; importing this package registers them all.
+
+Installed as `isopo_bench.algorithms` (see pyproject.toml). To add an algorithm, drop a module here that
+subclasses `isopo_bench.algorithm_api.Algorithm` and decorates it with `@ALGORITHMS.register("name")`,
+then add its import below; third-party packages use the `isopo_bench.algorithms` entry-point group.
+"""
+
+import importlib
+import pkgutil
+
+for _module in pkgutil.iter_modules(__path__):
+    if not _module.name.startswith("_"):
+        importlib.import_module(f"{__name__}.{_module.name}")

@@ -1,0 +1,319 @@
+"""Run configuration: frozen dataclasses, one docstring per field (tyro turns them into --help).
+
+`RunConfig.validate()` runs before any model is loaded; every error names the field and the fix.
+Algorithm-, task- and engine-specific checks are delegated to the plug-in that owns the setting.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Literal
+
+from isopo_bench.errors import ConfigError
+
+AggregationMode = Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm"]
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name_or_path: str = "tiny"
+    """Hugging Face hub id or local folder of a causal LM; `tiny` builds the random tiny Qwen3 model."""
+    init_from: str = ""
+    """Optional local folder whose weights replace the initial ones (e.g. a warm-start checkpoint)."""
+    dtype: Literal["float32", "bfloat16", "float16", "float64"] = "float32"
+    """Parameter dtype of the trained policy."""
+    device: str = "auto"
+    """`auto` (cuda when available, else cpu), `cpu`, `cuda` or `cuda:N`."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass to save memory."""
+    tiny_hidden_size: int = 128
+    """Tiny model only: hidden width."""
+    tiny_layers: int = 4
+    """Tiny model only: number of decoder layers."""
+    tiny_heads: int = 4
+    """Tiny model only: attention heads (head_dim = hidden / heads must be 32 or 64 for vLLM CPU)."""
+    tiny_kv_heads: int = 2
+    """Tiny model only: key/value heads (grouped-query attention)."""
+    tiny_intermediate_size: int = 256
+    """Tiny model only: MLP width."""
+    tiny_tie_embeddings: bool = True
+    """Tiny model only: tie lm_head to the input embedding (as Qwen3-0.6B does)."""
+
+
+@dataclass(frozen=True)
+class TaskConfig:
+    name: str = "arithmetic"
+    """Registered task name (see `isopo-bench list`)."""
+    params: tuple[str, ...] = ()
+    """Task-specific settings as key=value strings, validated by the task (e.g. `max_operand=99`)."""
+    data_dir: str = ""
+    """Local dataset folder for file-backed tasks (GSM8K: train.jsonl/test.jsonl); empty = env var or hub."""
+    eval_items: int = 128
+    """Held-out items scored greedily at each evaluation."""
+
+
+@dataclass(frozen=True)
+class VllmConfig:
+    dtype: str = "auto"
+    """vLLM weight dtype (`auto` follows the model)."""
+    max_model_len: int = 0
+    """Longest prompt + response vLLM must hold; 0 = max prompt + max new tokens."""
+    kv_cache_bytes: int = 0
+    """KV cache size in bytes (required on CPU); 0 = use gpu_memory_utilization."""
+    gpu_memory_utilization: float = 0.3
+    """GPU memory fraction for vLLM when colocated with training."""
+    enforce_eager: bool = True
+    """Disable CUDA graphs / compilation (fast start, needed on CPU)."""
+    tensor_parallel_size: int = 1
+    """Tensor parallel degree (GPU only)."""
+
+
+@dataclass(frozen=True)
+class RolloutConfig:
+    engine: str = "hf"
+    """Rollout engine: `hf` (transformers generate) or `vllm`."""
+    prompts_per_step: int = 8
+    """P: prompts sampled per training step."""
+    samples_per_prompt: int = 8
+    """G: completions per prompt (the group for advantages)."""
+    temperature: float = 1.0
+    """Sampling temperature for training rollouts (evaluation is greedy)."""
+    top_p: float = 1.0
+    """Nucleus sampling threshold."""
+    max_new_tokens: int = 32
+    """Longest completion; generation stops earlier at EOS."""
+    max_prompt_tokens: int = 256
+    """Prompts longer than this are rejected with an error (never silently truncated)."""
+    generation_batch_size: int = 64
+    """Sequences generated together by the HF engine."""
+    vllm: VllmConfig = field(default_factory=VllmConfig)
+    """vLLM engine settings."""
+
+
+@dataclass(frozen=True)
+class IsopoConfig:
+    mode: Literal["fast", "faithful"] = "fast"
+    """`faithful`: the reference numerics (materialised per-sequence gradients, eigh); `fast`: equivalent cheap forms."""
+    p: float = 0.0
+    """Negative power of the Euclidean norm N_i (non-interacting)."""
+    q: float = 1.0
+    """Negative power of the Fisher norm O_i (non-interacting); the released run uses q = 1."""
+    r: float = 0.0
+    """Negative power of the relative overlap R_i = O_i / N_i (non-interacting)."""
+    reg_n: float = 0.0
+    """Soft regularisation factor c_N for N (0 disables)."""
+    reg_o: float = 0.0
+    """Soft regularisation factor c_O for O (0 disables)."""
+    reg_r: float = 0.0
+    """Soft regularisation factor c_R for R (0 disables)."""
+    reg_form: Literal["keep-small", "additive"] = "keep-small"
+    """`keep-small`: sqrt(x^2/lambda + 1); `additive`: sqrt(x^2 + lambda)."""
+    num_probes: int = 250
+    """Fisher probe tokens per layer and microbatch (S = min(num_probes, N))."""
+    share_probes: bool = True
+    """Draw one probe set per microbatch shared by all layers (False: redraw per layer, as the reference)."""
+    damping: float = 1.0
+    """c_nat: interacting ISOPO damping lambda = c_nat * EMA[tr K / B]."""
+    ema_decay: float = 0.9
+    """EMA decay of the per-layer statistics."""
+    ema_cumulative: bool = False
+    """Replication option: keep collected statistics (cumulative mean) instead of clearing each step."""
+    other_params: Literal["reinforce", "freeze", "reference"] = "reinforce"
+    """Parameters that are not Linear weights: REINFORCE gradient, frozen, or the reference's advantage-free -logp gradient."""
+    tied_embedding: Literal["split", "reference"] = "split"
+    """Tied lm_head/embedding: `split` = ISOPO for the head part + `other_params` rule for the lookup part; `reference` = ISOPO replaces the whole gradient."""
+
+
+@dataclass(frozen=True)
+class AlgorithmConfig:
+    name: str = "reinforce"
+    """Registered algorithm (see `isopo-bench list`)."""
+    advantage: str = "grpo"
+    """Advantage estimator: `grpo` (z-score), `mean` (Dr.GRPO baseline), `rloo`."""
+    loss_agg: AggregationMode = "token-mean"
+    """Loss aggregation over the optimizer batch."""
+    loss_agg_max_len: int = 0
+    """L_max for seq-mean-token-sum-norm; 0 = rollout.max_new_tokens."""
+    clip_eps_low: float = 0.2
+    """Lower clip range (ratio >= 1 - eps_low)."""
+    clip_eps_high: float = 0.2
+    """Upper clip range (ratio <= 1 + eps_high)."""
+    dual_clip: float = 3.0
+    """Dual-clip constant c for negative advantages (PPO-style losses)."""
+    kl_coef: float = 0.0
+    """k3 KL penalty to the initial (reference) policy; 0 disables and skips the reference forward."""
+    old_logp_source: Literal["recompute", "sampler"] = "recompute"
+    """pi_old log-probs: recomputed by the trainer before the update, or taken from the rollout engine."""
+    isopo: IsopoConfig = field(default_factory=IsopoConfig)
+    """ISOPO settings (used by the isopo algorithms only)."""
+    extra: tuple[str, ...] = ()
+    """Settings for third-party algorithms as key=value strings."""
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    steps: int = 50
+    """Training steps (one rollout batch each)."""
+    lr: float = 1e-4
+    """AdamW learning rate."""
+    weight_decay: float = 0.01
+    """AdamW weight decay."""
+    betas: tuple[float, float] = (0.9, 0.999)
+    """AdamW betas."""
+    grad_clip: float = 1.0
+    """Global gradient-norm clip; 0 disables."""
+    lr_schedule: Literal["constant", "cosine", "linear"] = "constant"
+    """Learning-rate schedule over all optimizer steps (after warmup)."""
+    warmup_steps: int = 0
+    """Linear warmup in optimizer steps."""
+    minibatches_per_step: int = 1
+    """Optimizer steps per rollout batch (the batch is split into this many minibatches)."""
+    epochs: int = 1
+    """Passes over each rollout batch."""
+    microbatch_size: int = 8
+    """Sequences per forward/backward pass (gradient accumulation inside a minibatch)."""
+    padding_side: Literal["right", "left"] = "right"
+    """Padding side of training batches (results must not depend on it)."""
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    every: int = 10
+    """Greedy held-out evaluation every this many steps (0 disables periodic eval; the final eval always runs)."""
+    at_start: bool = True
+    """Also evaluate before the first step."""
+    max_new_tokens: int = 0
+    """Completion budget for evaluation; 0 = rollout.max_new_tokens."""
+
+
+@dataclass(frozen=True)
+class TrackingConfig:
+    uri: str = ""
+    """MLflow tracking URI; empty = $MLFLOW_TRACKING_URI or sqlite:///mlflow.db in the working directory."""
+    experiment: str = "isopo-bench"
+    """MLflow experiment name."""
+    run_name: str = ""
+    """MLflow run name; empty = algorithm-task-seed."""
+    output_dir: str = "isopo_runs"
+    """Where run folders (checkpoints, resolved config) are written."""
+    checkpoint_every: int = 10
+    """Checkpoint every this many steps (0 = only at the end)."""
+    log_samples: int = 8
+    """Sample completions with rewards saved as an artifact at each evaluation."""
+    suite: str = ""
+    """Suite name/version tag (set by the suite runner)."""
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    seed: int = 0
+    """Seed for model init, prompt order, sampling and ISOPO probes."""
+    threads: int = 0
+    """torch CPU threads; 0 = torch's default."""
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def config_hash(self) -> str:
+        """Identity of the experiment: everything except where results are written."""
+        d = self.to_dict()
+        for key in ("uri", "run_name", "output_dir", "checkpoint_every", "log_samples"):
+            d["tracking"].pop(key)
+        d.pop("threads")
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
+
+    def validate(self) -> "RunConfig":
+        validate_run_config(self)
+        return self
+
+
+def replace(cfg, **changes):
+    """dataclasses.replace with dotted keys: replace(run, **{"optim.lr": 1e-5})."""
+    nested: dict[str, dict] = {}
+    flat = {}
+    for key, value in changes.items():
+        head, _, rest = key.partition(".")
+        if rest:
+            nested.setdefault(head, {})[rest] = value
+        else:
+            flat[key] = value
+    for head, sub in nested.items():
+        flat[head] = replace(getattr(cfg, head), **sub)
+    return dataclasses.replace(cfg, **flat)
+
+
+def parse_key_values(field_name: str, items: tuple[str, ...]) -> dict[str, str]:
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(field_name, f"`{item}` is not key=value", "write e.g. `max_operand=99`")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def _positive(field_name: str, value: float, fix: str = "use a positive value") -> None:
+    if not value > 0:
+        raise ConfigError(field_name, f"must be > 0, got {value}", fix)
+
+
+def validate_run_config(cfg: RunConfig) -> None:
+    # Imports here: the registries import plug-in modules, which import this module.
+    from isopo_bench.plugins import ADVANTAGES, ALGORITHMS, ENGINES, TASKS
+    from isopo_bench.errors import UnknownNameError
+
+    for field_name, registry, name in (
+        ("algorithm.name", ALGORITHMS, cfg.algorithm.name),
+        ("algorithm.advantage", ADVANTAGES, cfg.algorithm.advantage),
+        ("task.name", TASKS, cfg.task.name),
+        ("rollout.engine", ENGINES, cfg.rollout.engine),
+    ):
+        try:
+            registry.get(name)
+        except UnknownNameError as exc:
+            raise ConfigError(field_name, str(exc), f"pick one of: {', '.join(registry.names())}") from None
+    r, o = cfg.rollout, cfg.optim
+    _positive("rollout.prompts_per_step", r.prompts_per_step)
+    _positive("rollout.samples_per_prompt", r.samples_per_prompt)
+    _positive("rollout.max_new_tokens", r.max_new_tokens)
+    if r.temperature < 0:
+        raise ConfigError("rollout.temperature", f"must be >= 0, got {r.temperature}", "use 1.0 for training rollouts")
+    if not 0 < r.top_p <= 1:
+        raise ConfigError("rollout.top_p", f"must be in (0, 1], got {r.top_p}", "use 1.0 to disable nucleus sampling")
+    _positive("optim.steps", o.steps)
+    _positive("optim.lr", o.lr, "typical values: 1e-6 (0.6B models) to 1e-4 (tiny model)")
+    _positive("optim.microbatch_size", o.microbatch_size)
+    _positive("optim.epochs", o.epochs)
+    batch = r.prompts_per_step * r.samples_per_prompt
+    if batch % o.minibatches_per_step:
+        raise ConfigError(
+            "optim.minibatches_per_step",
+            f"{o.minibatches_per_step} does not divide the rollout batch of {batch} sequences",
+            "choose a divisor of prompts_per_step * samples_per_prompt",
+        )
+    if (batch // o.minibatches_per_step) % o.microbatch_size:
+        raise ConfigError(
+            "optim.microbatch_size",
+            f"{o.microbatch_size} does not divide the minibatch of {batch // o.minibatches_per_step} sequences",
+            "choose a divisor of the minibatch size",
+        )
+    if cfg.model.device not in ("auto", "cpu") and not cfg.model.device.startswith("cuda"):
+        raise ConfigError("model.device", f"unknown device `{cfg.model.device}`", "use auto, cpu, cuda or cuda:N")
+    if cfg.model.name_or_path == "tiny" and cfg.model.tiny_hidden_size // cfg.model.tiny_heads not in (32, 64):
+        raise ConfigError(
+            "model.tiny_heads", "tiny head_dim = hidden / heads must be 32 or 64", "e.g. hidden 128 with 4 heads"
+        )
+    if cfg.tracking.checkpoint_every < 0 or cfg.eval.every < 0:
+        raise ConfigError("tracking.checkpoint_every", "must be >= 0", "use 0 to disable")
+    ALGORITHMS.get(cfg.algorithm.name).validate(cfg)
+    TASKS.get(cfg.task.name).validate(cfg.task)
