@@ -134,3 +134,13 @@ def load_policy(cfg: ModelConfig, source: str, device: torch.device) -> torch.nn
         model.config.use_cache = False
     model.train()
     return model
+
+
+def encode_prompt(tokenizer, text: str) -> list[int]:
+    """Token ids of a user prompt: through the chat template when the tokenizer has one, else plain text.
+    The one place prompts are tokenized (training, evaluation, warm start and every engine agree)."""
+    if getattr(tokenizer, "chat_template", None):
+        text = tokenizer.apply_chat_template(
+            [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True
+        )
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
