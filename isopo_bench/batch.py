@@ -51,18 +51,17 @@ class TrainBatch:
             fields[f.name] = None if value is None else value.to(device)
         return TrainBatch(**fields)
 
-    def trimmed(self) -> "TrainBatch":
-        """Drop columns that are padding in every row (keeps microbatch forwards short)."""
-        keep = self.attention_mask_BT.any(dim=0)
-        if bool(keep.all()):
-            return self
-        idx = keep.nonzero().squeeze(-1)
-        cols = slice(int(idx[0]), int(idx[-1]) + 1)
+    def trimmed(self) -> tuple["TrainBatch", slice]:
+        """Drop the columns that are padding in every row (keeps microbatch forwards short).
+
+        Returns the trimmed batch and the column slice it occupies in this batch."""
+        keep = self.attention_mask_BT.any(dim=0).nonzero().squeeze(-1)
+        cols = slice(int(keep[0]), int(keep[-1]) + 1) if len(keep) else slice(0, 0)
         fields = {}
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             fields[f.name] = value[:, cols] if value is not None and value.dim() == 2 else value
-        return TrainBatch(**fields)
+        return TrainBatch(**fields), cols
 
 
 @dataclass(frozen=True)
@@ -123,22 +122,28 @@ def position_ids_for(attention_mask_BT: torch.Tensor) -> torch.Tensor:
     return (attention_mask_BT.cumsum(-1) - 1).clamp(min=0)
 
 
-def sequence_logprobs(model: torch.nn.Module, batch: TrainBatch, temperature: float = 1.0) -> torch.Tensor:
+def sequence_logprobs(
+    model: torch.nn.Module, batch: TrainBatch, with_entropy: bool = False
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Per-token log-probs logp_BT of the batch's own tokens under `model` (0 at position 0).
 
-    Computed with log_softmax over the full vocabulary in the logits' dtype upcast to float32 (or kept in
-    float64), the same way for every algorithm.
+    Half-precision logits are upcast to float32 first, the same way for every algorithm. With
+    `with_entropy`, also returns the detached per-token entropy of the predictive distribution.
     """
     logits_BTV = model(
         input_ids=batch.input_ids_BT,
         attention_mask=batch.attention_mask_BT,
         position_ids=position_ids_for(batch.attention_mask_BT),
         use_cache=False,
-    ).logits
+    ).logits[:, :-1]
     if logits_BTV.dtype in (torch.float16, torch.bfloat16):
         logits_BTV = logits_BTV.float()
-    if temperature != 1.0:
-        logits_BTV = logits_BTV / temperature
-    logp_next = torch.log_softmax(logits_BTV[:, :-1], dim=-1)
-    token_logp = logp_next.gather(-1, batch.input_ids_BT[:, 1:, None]).squeeze(-1)
-    return torch.nn.functional.pad(token_logp, (1, 0))
+    # gather - logsumexp avoids materialising a second B x T x V log-softmax tensor.
+    picked = logits_BTV.gather(-1, batch.input_ids_BT[:, 1:, None]).squeeze(-1)
+    logp_BT = torch.nn.functional.pad(picked - torch.logsumexp(logits_BTV, dim=-1), (1, 0))
+    if not with_entropy:
+        return logp_BT
+    with torch.no_grad():
+        probs = torch.softmax(logits_BTV, dim=-1)
+        entropy = torch.logsumexp(logits_BTV, dim=-1) - (probs * logits_BTV).sum(-1)
+    return logp_BT, torch.nn.functional.pad(entropy, (1, 0))

@@ -125,6 +125,10 @@ class IsopoConfig:
     """Parameters that are not Linear weights: REINFORCE gradient, frozen, or the reference's advantage-free -logp gradient."""
     tied_embedding: Literal["split", "reference"] = "split"
     """Tied lm_head/embedding: `split` = ISOPO for the head part + `other_params` rule for the lookup part; `reference` = ISOPO replaces the whole gradient."""
+    fast_plan: Literal["auto", "ghost", "materialise"] = "auto"
+    """Fast mode, per layer: `auto` picks the cheaper exact form by cost; `ghost` forces ghost norms / Gram products; `materialise` forces per-sequence gradients (chunked when over budget). For tests and benchmarks."""
+    materialise_budget_mb: int = 1024
+    """Most memory (MiB) one layer's materialised per-sequence gradients may take; larger layers are processed in output-row chunks."""
 
 
 @dataclass(frozen=True)
@@ -143,6 +147,10 @@ class AlgorithmConfig:
     """Upper clip range (ratio <= 1 + eps_high)."""
     dual_clip: float = 3.0
     """Dual-clip constant c for negative advantages (PPO-style losses)."""
+    gspo_clip_eps_low: float = 3e-4
+    """GSPO only: lower clip range of the sequence ratio s_i (GSPO paper: 3e-4); clip_eps_* do not apply to gspo."""
+    gspo_clip_eps_high: float = 4e-4
+    """GSPO only: upper clip range of the sequence ratio s_i (GSPO paper: 4e-4)."""
     kl_coef: float = 0.0
     """k3 KL penalty to the initial (reference) policy; 0 disables and skips the reference forward."""
     old_logp_source: Literal["recompute", "sampler"] = "recompute"

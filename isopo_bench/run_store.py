@@ -1,0 +1,100 @@
+"""Where a run lives: its folder (checkpoints, resolved config, final model) and its MLflow record.
+
+A run's folder is named by its config hash, so the same experiment always maps to the same folder and an
+interrupted run is found again. Starting a run whose folder exists is refused unless resuming, so nothing
+already done is overwritten.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+from pathlib import Path
+
+import torch
+
+from isopo_bench import __version__
+from isopo_bench import metric_names as M
+from isopo_bench.checkpoint import CHECKPOINT_DIR, read_trainer_state
+from isopo_bench.config import RunConfig
+from isopo_bench.errors import IsopoBenchError
+from isopo_bench.tracking import RunTracker, check_reachable, flatten, git_commit, resolve_uri
+
+RUN_INFO = "run_info.json"
+
+
+def run_dir_for(cfg: RunConfig) -> Path:
+    name = f"{cfg.algorithm.name}-{cfg.task.name}-s{cfg.seed}-{cfg.config_hash()}"
+    return Path(cfg.tracking.output_dir) / name
+
+
+def machine_description() -> str:
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else (platform.processor() or platform.machine())
+    return f"{device}; torch threads {torch.get_num_threads()}; {platform.system()}"
+
+
+class RunStore:
+    def __init__(self, cfg: RunConfig, run_dir: Path, tracker: RunTracker):
+        self.cfg = cfg
+        self.run_dir = run_dir
+        self.tracker = tracker
+
+    @classmethod
+    def open(cls, cfg: RunConfig, resume: bool) -> "RunStore":
+        uri = resolve_uri(cfg.tracking.uri)
+        check_reachable(uri)
+        run_dir = run_dir_for(cfg)
+        info_path = run_dir / RUN_INFO
+        run_name = cfg.tracking.run_name or f"{cfg.algorithm.name}-{cfg.task.name}-s{cfg.seed}"
+        if info_path.exists():
+            info = json.loads(info_path.read_text())
+            if not resume:
+                raise IsopoBenchError(
+                    f"a run with this configuration already exists in {run_dir} (MLflow run {info['run_id']}). "
+                    "Fix: pass --resume to continue it, or set --tracking.output-dir to start a separate copy"
+                )
+            tracker = RunTracker(uri, cfg.tracking.experiment, run_name, run_id=info["run_id"])
+        else:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            tracker = RunTracker(uri, cfg.tracking.experiment, run_name)
+            info_path.write_text(json.dumps({"run_id": tracker.run_id, "tracking_uri": uri, "config_hash": cfg.config_hash()}))
+            (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
+        return cls(cfg, run_dir, tracker)
+
+    def start(self, task, descriptive_params: dict[str, str]) -> None:
+        cfg = self.cfg
+        self.tracker.log_params(flatten(cfg.to_dict()) | {f"algorithm_policy.{k}": v for k, v in descriptive_params.items()})
+        self.tracker.set_tags({
+            M.TAG_ALGORITHM: cfg.algorithm.name,
+            M.TAG_TASK: cfg.task.name,
+            M.TAG_MODEL: cfg.model.init_from or cfg.model.name_or_path,
+            M.TAG_SEED: cfg.seed,
+            M.TAG_LR: cfg.optim.lr,
+            M.TAG_COMMIT: git_commit(),
+            M.TAG_CONFIG_HASH: cfg.config_hash(),
+            M.TAG_VERSION: __version__,
+            M.TAG_SUITE: cfg.tracking.suite,
+            M.TAG_SCORER_VERSION: f"{cfg.task.name}:{task.scorer_version}",
+            M.TAG_MACHINE: machine_description(),
+        })
+        self.tracker.log_dict(cfg.to_dict(), "config.json")
+
+    def has_checkpoint(self) -> bool:
+        return read_trainer_state(self.run_dir) is not None and (self.run_dir / CHECKPOINT_DIR).exists()
+
+    def fail(self, message: str, status: str = "FAILED") -> None:
+        self.tracker.set_tags({M.TAG_STATUS_DETAIL: message[:4000]})
+        self.tracker.finish(status)
+
+    def finish(self, state: dict) -> None:
+        summary = {
+            M.FINAL_ACCURACY: state["last_accuracy"],
+            M.BEST_ACCURACY: state["best_accuracy"],
+            M.INITIAL_ACCURACY: state["initial_accuracy"],
+            M.TIME_ELAPSED: state["elapsed"],
+            "steps": state["step"],
+        }
+        self.tracker.log_metrics({k: v for k, v in summary.items() if k.startswith("final/") and v is not None}, state["step"])
+        self.tracker.log_dict(summary, "summary.json")
+        (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+        self.tracker.finish("FINISHED")

@@ -1,0 +1,306 @@
+"""The training loop: the one place that knows the order of the steps.
+
+    task prompts -> rollout engine -> rewards -> advantages -> [pi_old / reference forward]
+      -> optimizer steps over minibatches of microbatches (algorithm loss + backward hooks)
+      -> weight sync -> [greedy evaluation] -> metrics (MLflow) -> [checkpoint]
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from isopo_bench import metric_names as M
+from isopo_bench.batch import BatchTotals, TrainBatch, pad_and_stack, sequence_logprobs
+from isopo_bench.checkpoint import export_model, load_checkpoint, save_checkpoint
+from isopo_bench.config import RunConfig
+from isopo_bench.errors import NonFiniteError
+from isopo_bench.evaluation import evaluate
+from isopo_bench.models import encode_prompt, load_policy, load_tokenizer, model_source, resolve_device
+from isopo_bench.optim import build_optimizer
+from isopo_bench.plugins import ADVANTAGES, ALGORITHMS, ENGINES, TASKS
+from isopo_bench.rollout.api import SamplingSettings
+from isopo_bench.rollout.mismatch import mismatch_metrics
+from isopo_bench.run_store import RunStore
+from isopo_bench.timing import PhaseTimer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunResult:
+    run_id: str
+    run_dir: Path
+    status: str
+    steps_done: int
+    final_accuracy: float | None
+
+
+class Trainer:
+    def __init__(self, cfg: RunConfig, resume: bool = False):
+        self.cfg = cfg.validate()
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        self.store = RunStore.open(cfg, resume)  # checks MLflow before any model is loaded
+        torch.manual_seed(cfg.seed)
+        self.device = resolve_device(cfg.model.device)
+        self.source = model_source(cfg.model, seed=0)
+        self.tokenizer = load_tokenizer(self.source)
+        self.model = load_policy(cfg.model, self.source, self.device)
+        self.ref_model = self._reference_model()
+        self.task = TASKS.get(cfg.task.name)(cfg.task, cfg.seed)
+        self.algorithm = ALGORITHMS.get(cfg.algorithm.name)(cfg)
+        self.advantage_fn = ADVANTAGES.get(cfg.algorithm.advantage)
+        self.engine = ENGINES.get(cfg.rollout.engine)(cfg, self.source, self.tokenizer, self.model)
+        self.optimizer, self.scheduler = build_optimizer(self.model, cfg.optim)
+        self.timer = PhaseTimer(self.device)
+        self.eval_items = self.task.eval_items(cfg.task.eval_items)
+        self.state = {"step": 0, "elapsed": 0.0, "best_accuracy": None, "initial_accuracy": None, "last_accuracy": None}
+
+    def _reference_model(self):
+        if self.cfg.algorithm.kl_coef <= 0:
+            return None
+        ref = copy.deepcopy(self.model).eval()
+        ref.requires_grad_(False)
+        return ref
+
+    # ----------------------------------------------------------------------------------------------
+    def run(self) -> RunResult:
+        cfg = self.cfg
+        descriptive = self.algorithm.attach(self.model)
+        self.store.start(self.task, descriptive)
+        if self.store.has_checkpoint():
+            self.state = load_checkpoint(self.store.run_dir, self.model, self.optimizer, self.scheduler, self.algorithm)
+            self.engine.sync_weights(self.model)
+            log.info("resumed %s at step %d", self.store.run_dir, self.state["step"])
+        elif cfg.eval.at_start:
+            self._evaluate(step=0)
+        try:
+            bar = tqdm(range(self.state["step"] + 1, cfg.optim.steps + 1), initial=self.state["step"],
+                       total=cfg.optim.steps, desc=f"{cfg.algorithm.name}", dynamic_ncols=True)
+            for step in bar:
+                metrics = self._train_step(step)
+                if self._eval_due(step):
+                    metrics |= self._evaluate(step)
+                self.state["step"] = step
+                self.store.tracker.log_metrics(metrics, step)
+                bar.set_postfix(reward=f"{metrics[M.REWARD_MEAN]:.3f}", acc=self.state["last_accuracy"])
+                if self._checkpoint_due(step):
+                    save_checkpoint(self.store.run_dir, self.model, self.optimizer, self.scheduler, self.algorithm, self.state)
+        except NonFiniteError as exc:
+            self.store.fail(str(exc))
+            raise
+        except BaseException as exc:  # KeyboardInterrupt too: the run can be resumed from its checkpoint
+            self.store.fail(f"{type(exc).__name__}: {exc}", status="KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
+            raise
+        finally:
+            self.engine.close()
+        export_model(self.model, self.tokenizer, self.store.run_dir / "final_model")
+        self.store.finish(self.state)
+        return RunResult(self.store.tracker.run_id, self.store.run_dir, "FINISHED", self.state["step"], self.state["last_accuracy"])
+
+    def _eval_due(self, step: int) -> bool:
+        every = self.cfg.eval.every
+        return step == self.cfg.optim.steps or (every > 0 and step % every == 0)
+
+    def _checkpoint_due(self, step: int) -> bool:
+        every = self.cfg.tracking.checkpoint_every
+        return step == self.cfg.optim.steps or (every > 0 and step % every == 0)
+
+    # ----------------------------------------------------------------------------------------------
+    def _train_step(self, step: int) -> dict[str, float]:
+        cfg, timer = self.cfg, self.timer
+        P, G = cfg.rollout.prompts_per_step, cfg.rollout.samples_per_prompt
+        items = self.task.train_items(step - 1, P)
+        with timer.phase(M.TIME_ROLLOUT):
+            prompt_ids = [self._encode(self.task.prompt(item)) for item in items]
+            sampling = SamplingSettings(n=G, temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
+                                        max_new_tokens=cfg.rollout.max_new_tokens, seed=cfg.seed * 1_000_003 + step)
+            rollout = self.engine.generate(prompt_ids, sampling)
+        with timer.phase(M.TIME_REWARD):
+            texts = self.tokenizer.batch_decode(rollout.completion_ids, skip_special_tokens=True)
+            rewards_PG = torch.tensor([self.task.score(items[i // G], t) for i, t in enumerate(texts)]).view(P, G)
+            advantages_B = self.advantage_fn(rewards_PG).reshape(-1)
+        batch = self._build_batch(rollout, advantages_B)
+        metrics = rollout_metrics(rollout, rewards_PG, advantages_B)
+        with timer.phase(M.TIME_OLD_LOGP):
+            if self.algorithm.needs_old_logp:
+                batch.old_logp_BT = (batch.sampler_logp_BT if cfg.algorithm.old_logp_source == "sampler"
+                                     else self._forward_logp(self.model, batch))
+        with timer.phase(M.TIME_REF_LOGP):
+            if self.algorithm.needs_ref_logp:
+                batch.ref_logp_BT = self._forward_logp(self.ref_model, batch)
+        with timer.phase(M.TIME_UPDATE):
+            metrics |= self._update(batch, step)
+        with timer.phase(M.TIME_SYNC):
+            self.engine.sync_weights(self.model)
+        times = timer.pop()
+        metrics |= {name: times.get(name, 0.0) for name in M.TIME_PHASES if name != M.TIME_EVAL}
+        metrics[M.TIME_STEP] = sum(v for k, v in times.items() if k != M.TIME_EVAL)
+        self.state["elapsed"] += metrics[M.TIME_STEP]
+        metrics[M.TIME_ELAPSED] = self.state["elapsed"]
+        metrics[M.ROLLOUT_TOKENS_PER_S] = rollout.num_tokens / max(times[M.TIME_ROLLOUT], 1e-9)
+        return metrics
+
+    def _encode(self, prompt: str) -> list[int]:
+        ids = encode_prompt(self.tokenizer, prompt)
+        if len(ids) > self.cfg.rollout.max_prompt_tokens:
+            raise ValueError(f"prompt of {len(ids)} tokens exceeds rollout.max_prompt_tokens="
+                             f"{self.cfg.rollout.max_prompt_tokens}; raise it (prompts are never truncated)")
+        return ids
+
+    def _build_batch(self, rollout, advantages_B: torch.Tensor) -> TrainBatch:
+        ids, attention, response, sampler = pad_and_stack(
+            rollout.prompt_ids, rollout.completion_ids, self.tokenizer.pad_token_id,
+            self.cfg.optim.padding_side, rollout.sampler_logps)
+        dtype = next(self.model.parameters()).dtype
+        dtype = dtype if dtype == torch.float64 else torch.float32
+        G = self.cfg.rollout.samples_per_prompt
+        return TrainBatch(ids, attention, response.to(dtype), advantages_B.to(dtype), sampler_logp_BT=sampler.to(dtype),
+                          group_ids_B=torch.arange(len(ids)) // G)
+
+    def _microbatches(self, batch: TrainBatch):
+        """(row slice, column slice, trimmed microbatch on the training device) in batch order."""
+        size = self.cfg.optim.microbatch_size
+        for start in range(0, batch.size, size):
+            rows = slice(start, start + size)
+            mb, cols = batch.select(rows).trimmed()
+            yield rows, cols, mb.to(self.device)
+
+    @torch.no_grad()
+    def _forward_logp(self, model, batch: TrainBatch) -> torch.Tensor:
+        """Log-probs of the whole batch, microbatch by microbatch, in the batch's padded layout."""
+        out = torch.zeros_like(batch.response_mask_BT)
+        for rows, cols, mb in self._microbatches(batch):
+            out[rows, cols] = sequence_logprobs(model, mb).to(out.dtype).cpu()
+        return out
+
+    # ----------------------------------------------------------------------------------------------
+    def _update(self, batch: TrainBatch, step: int) -> dict[str, float]:
+        o = self.cfg.optim
+        mini_size = batch.size // o.minibatches_per_step
+        max_len = self.cfg.algorithm.loss_agg_max_len or self.cfg.rollout.max_new_tokens
+        sums = MetricSums()
+        first_pass_logp = []
+        for epoch in range(o.epochs):
+            for m in range(o.minibatches_per_step):
+                minibatch = batch.select(slice(m * mini_size, (m + 1) * mini_size))
+                totals = BatchTotals.of(minibatch, mini_size // o.microbatch_size, max_len)
+                self.optimizer.zero_grad(set_to_none=True)
+                for _, _, mb in self._microbatches(minibatch):
+                    with self.algorithm.backward_context(self.model, mb, totals):
+                        logp_BT, entropy_BT = sequence_logprobs(self.model, mb, with_entropy=True)
+                        loss, algo_metrics = self.algorithm.loss(logp_BT, mb, totals)
+                        if not torch.isfinite(loss):
+                            raise NonFiniteError(self._nonfinite_message(step, "loss", float(loss)))
+                        loss.backward()
+                    sums.add_sum(M.LOSS, float(loss.detach()))
+                    sums.add_weighted(M.ENTROPY, float((entropy_BT * mb.response_mask_BT).sum()), float(mb.response_mask_BT.sum()))
+                    sums.add_mean(algo_metrics)
+                    if epoch == 0 and m == 0:
+                        first_pass_logp.append((mb, logp_BT.detach()))
+                sums.add_mean(self.algorithm.finalize_grads(self.model))
+                sums.end_optimizer_step()
+                sums.add_mean(self._clip_and_step(step))
+        metrics = sums.result()
+        metrics[M.LR] = self.scheduler.get_last_lr()[0]
+        metrics |= self._mismatch(first_pass_logp)
+        return metrics
+
+    def _clip_and_step(self, step: int) -> dict[str, float]:
+        params = [p for p in self.model.parameters() if p.grad is not None]
+        max_norm = self.cfg.optim.grad_clip if self.cfg.optim.grad_clip > 0 else math.inf
+        norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+        if not math.isfinite(norm):
+            raise NonFiniteError(self._nonfinite_message(step, "gradient norm", norm))
+        self.optimizer.step()
+        self.scheduler.step()
+        return {M.GRAD_NORM: norm, M.GRAD_CLIPPED: float(norm > max_norm)}
+
+    def _nonfinite_message(self, step: int, what: str, value: float) -> str:
+        return (f"{what} is {value} at step {step}; the update was not applied, the run is marked FAILED and its last "
+                f"good checkpoint in {self.store.run_dir} is kept. Fix: lower --optim.lr (now {self.cfg.optim.lr}), "
+                "keep --optim.grad-clip > 0, or use float32/bfloat16 instead of float16")
+
+    def _mismatch(self, pairs) -> dict[str, float]:
+        """Sampler vs trainer log-probs of the same tokens, before any update of this step."""
+        if not pairs:
+            return {}
+        sampler = torch.cat([mb.sampler_logp_BT.flatten() for mb, _ in pairs])
+        trainer = torch.cat([logp.flatten() for _, logp in pairs])
+        mask = torch.cat([mb.response_mask_BT.flatten() for mb, _ in pairs])
+        return mismatch_metrics(sampler, trainer, mask)
+
+    # ----------------------------------------------------------------------------------------------
+    def _evaluate(self, step: int) -> dict[str, float]:
+        max_new = self.cfg.eval.max_new_tokens or self.cfg.rollout.max_new_tokens
+        with self.timer.phase(M.TIME_EVAL):
+            result = evaluate(self.engine, self.task, self.tokenizer, self.eval_items, max_new, self.cfg.tracking.log_samples)
+        result.metrics[M.TIME_EVAL] = self.timer.pop().get(M.TIME_EVAL, 0.0)
+        accuracy = result.metrics[M.EVAL_ACCURACY]
+        if self.state["initial_accuracy"] is None:
+            self.state["initial_accuracy"] = accuracy
+        best = self.state["best_accuracy"]
+        self.state["best_accuracy"] = accuracy if best is None else max(best, accuracy)
+        self.state["last_accuracy"] = accuracy
+        self.store.tracker.log_dict(result.samples, f"samples/eval_step_{step:05d}.json")
+        if step == 0:
+            self.store.tracker.log_metrics(result.metrics, 0)
+        return result.metrics
+
+
+class MetricSums:
+    """Averages per-microbatch metrics over an update: sums per optimizer step, then mean over steps."""
+
+    def __init__(self):
+        self._step_sums: dict[str, float] = {}
+        self._totals: dict[str, list[float]] = {}
+        self._weighted: dict[str, list[float]] = {}
+
+    def add_sum(self, name: str, value: float) -> None:
+        self._step_sums[name] = self._step_sums.get(name, 0.0) + value
+
+    def add_weighted(self, name: str, value_sum: float, weight: float) -> None:
+        acc = self._weighted.setdefault(name, [0.0, 0.0])
+        acc[0] += value_sum
+        acc[1] += weight
+
+    def add_mean(self, metrics: dict[str, float]) -> None:
+        for name, value in metrics.items():
+            self._totals.setdefault(name, []).append(float(value))
+
+    def end_optimizer_step(self) -> None:
+        self.add_mean(self._step_sums)
+        self._step_sums = {}
+
+    def result(self) -> dict[str, float]:
+        out = {name: sum(v) / len(v) for name, v in self._totals.items()}
+        out |= {name: s / max(w, 1e-12) for name, (s, w) in self._weighted.items()}
+        return out
+
+
+def rollout_metrics(rollout, rewards_PG: torch.Tensor, advantages_B: torch.Tensor) -> dict[str, float]:
+    lengths = [len(c) for c in rollout.completion_ids]
+    solved = rewards_PG.min(dim=1).values >= 1.0
+    failed = rewards_PG.max(dim=1).values <= 0.0
+    return {
+        M.REWARD_MEAN: float(rewards_PG.mean()),
+        M.REWARD_STD: float(rewards_PG.std()) if rewards_PG.numel() > 1 else 0.0,
+        M.REWARD_SOLVED_GROUPS: float(solved.float().mean()),
+        M.REWARD_ZERO_GROUPS: float(failed.float().mean()),
+        M.ADVANTAGE_ABS_MEAN: float(advantages_B.abs().mean()),
+        M.ROLLOUT_TOKENS: float(sum(lengths)),
+        M.ROLLOUT_MEAN_LEN: sum(lengths) / len(lengths),
+        M.ROLLOUT_TRUNCATED: sum(r == "length" for r in rollout.finish_reasons) / len(lengths),
+    }
+
+
+def train(cfg: RunConfig, resume: bool = False) -> RunResult:
+    return Trainer(cfg, resume=resume).run()
