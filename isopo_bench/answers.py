@@ -8,7 +8,8 @@ Numbers are compared as canonical strings ("1,234.50" -> "1234.5", "+7" -> "7", 
 through eval, int() or float(): Python refuses int() on strings of more than 4300 digits and float()
 rounds large integers. Every regex is a flat sequence of character classes (no nested quantifiers), so
 matching is linear in the text length. Only ASCII digits count: `\\d` would also match other scripts'
-digits, which the gold answers never contain.
+digits, which the gold answers never contain. Extraction reads only the last MAX_CHARS characters, which
+bounds its cost on runaway completions while keeping the final answer (verl keeps only the last 300).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ _SIGNED = rf"(?:(?<![0-9])[-+\u2212])?{_NUMBER}"
 _FLEX_RE = re.compile(rf"{_SIGNED}")
 # Up to 8 spaces or tabs and an optional "$" between the marker and the number.
 _STRICT_RE = re.compile(rf"####[ \t]{{0,8}}\$?[ \t]{{0,8}}({_SIGNED})")
+MAX_CHARS = 20_000
 _FULL_RE = re.compile(rf"[ \t]{{0,8}}([-+\u2212]?)[ \t]{{0,8}}\$?[ \t]{{0,8}}({_NUMBER})[ \t]{{0,8}}")
 
 
@@ -39,7 +41,7 @@ def canonical_number(number: str) -> str:
 
 def normalize_number(text: str) -> str | None:
     """Canonical form of a whole string holding one number ("$1,234.00 " -> "1234"), else None."""
-    if len(text) > 10_000:
+    if len(text) > MAX_CHARS:
         return None
     match = _FULL_RE.fullmatch(text.strip())
     if match is None:
@@ -50,7 +52,7 @@ def normalize_number(text: str) -> str | None:
 def extract_strict(text: str) -> str | None:
     """Canonical number after the last "####" marker, or None when there is none."""
     last = None
-    for last in _STRICT_RE.finditer(text):
+    for last in _STRICT_RE.finditer(text[-MAX_CHARS:]):
         pass
     return None if last is None else canonical_number(last.group(1))
 
@@ -58,7 +60,7 @@ def extract_strict(text: str) -> str | None:
 def extract_flexible(text: str) -> str | None:
     """Canonical form of the last number in the text, or None when there is none."""
     last = None
-    for last in _FLEX_RE.finditer(text):
+    for last in _FLEX_RE.finditer(text[-MAX_CHARS:]):
         pass
     return None if last is None else canonical_number(last.group(0))
 

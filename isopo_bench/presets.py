@@ -19,6 +19,7 @@ ALGORITHM_PRESETS: dict[str, AlgorithmConfig] = {
     "cispo": AlgorithmConfig(name="cispo", clip_eps_low=10.0, clip_eps_high=0.2),
     "dapo": AlgorithmConfig(name="grpo", clip_eps_low=0.2, clip_eps_high=0.28, loss_agg="token-mean"),
     "drgrpo": AlgorithmConfig(name="grpo", advantage="mean", loss_agg="seq-mean-token-sum-norm"),
+    "gspo": AlgorithmConfig(name="gspo", gspo_clip_eps_low=3e-4, gspo_clip_eps_high=4e-4, loss_agg="seq-mean-token-mean"),
     "isopo": AlgorithmConfig(name="isopo", isopo=IsopoConfig(p=0.0, q=1.0, r=0.0)),
     "isopo-interacting": AlgorithmConfig(name="isopo-interacting", isopo=IsopoConfig(damping=1.0)),
     # Ablations of the non-interacting exponents (N^p O^q R^r; only two are independent without regularisation).

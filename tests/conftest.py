@@ -1,0 +1,40 @@
+"""Shared fixtures: every test works in a temporary folder with its own MLflow store; the tiny model is
+built once per session into a shared cache (nothing is downloaded)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from isopo_bench.config import OptimConfig, RunConfig, TrackingConfig, replace
+from isopo_bench.presets import run_preset
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _shared_model_cache(tmp_path_factory):
+    cache = os.environ.get("ISOPO_BENCH_CACHE") or str(tmp_path_factory.mktemp("isopo_cache"))
+    os.environ["ISOPO_BENCH_CACHE"] = cache
+    os.environ.setdefault("ISOPO_BENCH_GSM8K_DIR", str(Path(__file__).resolve().parents[2] / "shared" / "data" / "gsm8k"))
+    torch.set_num_threads(1)
+    yield
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch):
+    """A fresh working folder with an embedded MLflow store."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    return tmp_path
+
+
+def smoke_config(tmp_path: Path, **changes) -> RunConfig:
+    """The tiny-smoke preset writing into tmp_path (its own MLflow store and run folders)."""
+    cfg = replace(
+        run_preset("tiny-smoke"),
+        tracking=TrackingConfig(uri=f"sqlite:///{tmp_path}/mlflow.db", output_dir=str(tmp_path / "runs"), checkpoint_every=2),
+        optim=OptimConfig(steps=3, lr=1e-3, microbatch_size=4),
+    )
+    return replace(cfg, **changes)
