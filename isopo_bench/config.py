@@ -9,7 +9,9 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 from isopo_bench.errors import ConfigError
@@ -275,6 +277,21 @@ def _positive(field_name: str, value: float, fix: str = "use a positive value") 
         raise ConfigError(field_name, f"must be > 0, got {value}", fix)
 
 
+def _looks_local(path: str) -> bool:
+    return path.startswith((".", "/", "~")) or os.path.isdir(path)
+
+
+def _check_model_paths(model: ModelConfig) -> None:
+    """Local model folders must exist now; hub ids are left to transformers (which may download)."""
+    name = model.name_or_path
+    if name != "tiny" and _looks_local(name) and not (Path(name).expanduser() / "config.json").exists():
+        raise ConfigError("model.name_or_path", f"`{name}` is not a model folder (no config.json)",
+                          "give a hub id (e.g. Qwen/Qwen3-0.6B) or a folder written by save_pretrained")
+    if model.init_from and not (Path(model.init_from).expanduser() / "config.json").exists():
+        raise ConfigError("model.init_from", f"no model folder at `{model.init_from}`",
+                          "point it at a save_pretrained folder (e.g. one written by `isopo-bench warmstart`)")
+
+
 def validate_run_config(cfg: RunConfig) -> None:
     # Imports here: the registries import plug-in modules, which import this module.
     from isopo_bench.plugins import ADVANTAGES, ALGORITHMS, ENGINES, TASKS
@@ -321,6 +338,7 @@ def validate_run_config(cfg: RunConfig) -> None:
         raise ConfigError(
             "model.tiny_heads", "tiny head_dim = hidden / heads must be 32 or 64", "e.g. hidden 128 with 4 heads"
         )
+    _check_model_paths(cfg.model)
     if cfg.tracking.checkpoint_every < 0 or cfg.eval.every < 0:
         raise ConfigError("tracking.checkpoint_every", "must be >= 0", "use 0 to disable")
     ALGORITHMS.get(cfg.algorithm.name).validate(cfg)

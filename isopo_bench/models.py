@@ -99,23 +99,10 @@ def tiny_model_dir(cfg: ModelConfig, seed: int) -> Path:
 def model_source(cfg: ModelConfig, seed: int) -> str:
     """The folder or hub id the policy (and any rollout engine) loads from."""
     if cfg.init_from:
-        path = Path(cfg.init_from)
-        if not (path / "config.json").exists():
-            raise ConfigError("model.init_from", f"no model folder at `{path}`", "point it at a save_pretrained folder")
-        return str(path)
+        return cfg.init_from
     if cfg.name_or_path == "tiny":
         return str(tiny_model_dir(cfg, seed))
     return cfg.name_or_path
-
-
-def check_model_reachable(name_or_path: str) -> None:
-    """Fail early and clearly when a model path does not exist (hub ids are left to transformers)."""
-    looks_local = name_or_path.startswith((".", "/", "~")) or os.path.isdir(name_or_path)
-    if looks_local and not (Path(name_or_path).expanduser() / "config.json").exists():
-        raise ConfigError(
-            "model.name_or_path", f"`{name_or_path}` is not a model folder (no config.json)",
-            "give a hub id (e.g. Qwen/Qwen3-0.6B) or a folder written by save_pretrained",
-        )
 
 
 def load_tokenizer(source: str):
@@ -126,7 +113,6 @@ def load_tokenizer(source: str):
 
 
 def load_policy(cfg: ModelConfig, source: str, device: torch.device) -> torch.nn.Module:
-    check_model_reachable(source)
     model = AutoModelForCausalLM.from_pretrained(source, dtype=DTYPES[cfg.dtype])
     model.to(device)
     if cfg.gradient_checkpointing:

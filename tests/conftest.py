@@ -4,6 +4,7 @@ built once per session into a shared cache (nothing is downloaded)."""
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -30,11 +31,30 @@ def workdir(tmp_path, monkeypatch):
     return tmp_path
 
 
+_TEMPLATE_DB: list[Path] = []
+
+
+def fresh_mlflow_uri(folder: Path) -> str:
+    """An empty SQLite MLflow store in `folder`. Creating the schema takes seconds, so it is done once
+    per session and the empty database file is copied."""
+    target = folder / "mlflow.db"
+    if not target.exists():
+        if not _TEMPLATE_DB:
+            from mlflow.tracking import MlflowClient
+
+            template = Path(os.environ["ISOPO_BENCH_CACHE"]) / "empty-mlflow.db"
+            if not template.exists():
+                MlflowClient(f"sqlite:///{template}").search_experiments()
+            _TEMPLATE_DB.append(template)
+        shutil.copy(_TEMPLATE_DB[0], target)
+    return f"sqlite:///{target}"
+
+
 def smoke_config(tmp_path: Path, **changes) -> RunConfig:
     """The tiny-smoke preset writing into tmp_path (its own MLflow store and run folders)."""
     cfg = replace(
         run_preset("tiny-smoke"),
-        tracking=TrackingConfig(uri=f"sqlite:///{tmp_path}/mlflow.db", output_dir=str(tmp_path / "runs"), checkpoint_every=2),
+        tracking=TrackingConfig(uri=fresh_mlflow_uri(tmp_path), output_dir=str(tmp_path / "runs"), checkpoint_every=2),
         optim=OptimConfig(steps=3, lr=1e-3, microbatch_size=4),
     )
     return replace(cfg, **changes)
