@@ -22,8 +22,13 @@ if [ -z "${ISOPO_SKIP_VLLM:-}" ]; then
 fi
 if [ -z "${ISOPO_SKIP_BROWSER:-}" ] && ! command -v chromium >/dev/null 2>&1; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    (apt-get update -qq && apt-get install -y -qq chromium chromium-driver >/dev/null) \
+    (apt-get update -qq && apt-get install -y -qq chromium >/dev/null) \
       || echo "warning: chromium not installed; the browser test will be skipped" >&2
   fi
+fi
+if [ -z "${ISOPO_SKIP_BROWSER:-}" ] && command -v npm >/dev/null 2>&1; then
+  # playwright-core drives Debian's /usr/bin/chromium; it never downloads a browser.
+  (cd dashboards/browser_test && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund --silent) \
+    || echo "warning: playwright-core not installed; the browser test will be skipped" >&2
 fi
 echo "isopo-bench installed in .venv ($(python -c 'import torch; print("torch", torch.__version__)'))"

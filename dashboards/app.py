@@ -1,0 +1,89 @@
+"""isopo-bench dashboard: leaderboard, training curves, time overhead and run details, read from MLflow.
+
+Start it with `isopo-bench dashboard` (or `streamlit run dashboards/app.py` with MLFLOW_TRACKING_URI set).
+It reads the MLflow store only and never imports torch, so it runs beside training on any machine.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import pandas as pd
+import streamlit as st
+
+from isopo_bench import metric_names as M
+from isopo_bench.dashboards import _curves, _data, _details, _leaderboard, _overhead
+
+FILTERS = {M.LB_SUITE: "Suite", M.LB_TASK: "Task", M.LB_MODEL: "Model", M.LB_ALGORITHM: "Algorithm"}
+TABS = {"Leaderboard": _leaderboard.render, "Curves": _curves.render, "Overhead": _overhead.render,
+        "Run details": _details.render}
+log = logging.getLogger(__name__)
+
+
+def sidebar_store() -> str:
+    st.sidebar.title("isopo-bench")
+    uri = st.sidebar.text_input("MLflow tracking URI", value=_data.tracking_uri(), key="tracking_uri")
+    if st.sidebar.button("Refresh data", help=f"Re-read MLflow now (otherwise every {_data.TTL_S} s)"):
+        _data.clear()
+    return uri
+
+
+def sidebar_filters(runs: pd.DataFrame) -> pd.DataFrame:
+    """Multiselects over suite, task, model and algorithm; an empty selection means all."""
+    st.sidebar.subheader("Filters")
+    for column, title in FILTERS.items():
+        if column not in runs:
+            continue
+        options = sorted(runs[column].fillna("").astype(str).unique())
+        chosen = st.sidebar.multiselect(title, options, key=f"filter-{column}", placeholder="all")
+        if chosen:
+            runs = runs[runs[column].fillna("").astype(str).isin(chosen)]
+    st.sidebar.caption(f"{len(runs)} runs selected")
+    return runs
+
+
+def load_runs(uri: str) -> pd.DataFrame | None:
+    missing = _data.missing_store_file(uri)
+    if missing:
+        # Opening a missing SQLite store would create it: a viewer should not write a store.
+        st.info(f"There is no MLflow store at `{missing}` yet. Train a run first (`isopo-bench train --preset "
+                "tiny-smoke` writes ./mlflow.db), or enter another tracking URI in the sidebar.")
+        return None
+    try:
+        return _data.runs(uri)
+    except Exception as exc:  # noqa: BLE001 - any store problem becomes a message, not a stack trace
+        log.exception("reading %s failed", uri)
+        st.error(f"Cannot read the MLflow store `{uri}`: {type(exc).__name__}: {exc}. Fix: check the tracking "
+                 "URI in the sidebar (or `isopo-bench dashboard --tracking-uri`).")
+        return None
+
+
+def render_tab(render, uri: str, runs: pd.DataFrame) -> None:
+    """One broken tab (an unexpected record in the store) must not take the others down."""
+    try:
+        render(uri, runs)
+    except Exception as exc:  # noqa: BLE001
+        log.exception("tab failed")
+        st.error(f"This tab could not be drawn: {type(exc).__name__}: {exc}")
+
+
+def main() -> None:
+    st.set_page_config(page_title="isopo-bench dashboard", layout="wide")
+    uri = sidebar_store()
+    runs = load_runs(uri)
+    if runs is None:
+        return
+    if runs.empty:
+        st.info(f"No runs in `{uri}` yet. Start one with `isopo-bench train --preset tiny-smoke` (or a suite with "
+                "`isopo-bench suite NAME`), then press Refresh data.")
+        return
+    runs = sidebar_filters(runs)
+    if runs.empty:
+        st.warning("No run matches the filters in the sidebar.")
+        return
+    for tab, render in zip(st.tabs(list(TABS)), TABS.values()):
+        with tab:
+            render_tab(render, uri, runs)
+
+
+main()

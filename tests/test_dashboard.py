@@ -1,0 +1,280 @@
+"""The Streamlit dashboard against a store of real tiny training runs (2 algorithms x 2 seeds, one suite):
+every tab renders, and shows the numbers MLflow and the CLI leaderboard hold. Streamlit's AppTest runs the
+app in this process; the torch check runs it in a fresh one."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+pytest.importorskip("streamlit", reason="the dashboard extra is not installed: pip install 'isopo-bench[dashboard]'")
+pytest.importorskip("plotly", reason="the dashboard extra is not installed: pip install 'isopo-bench[dashboard]'")
+
+from mlflow.tracking import MlflowClient  # noqa: E402
+from streamlit.testing.v1 import AppTest  # noqa: E402
+
+from conftest import smoke_config  # noqa: E402
+from isopo_bench import leaderboard as lb  # noqa: E402
+from isopo_bench import metric_names as M  # noqa: E402
+from isopo_bench.config import replace  # noqa: E402
+from isopo_bench.dashboard_launcher import OVERHEAD_FILE_ENV, absolute_uri, parse, streamlit_command  # noqa: E402
+from isopo_bench.presets import algorithm_preset  # noqa: E402
+
+pytestmark = pytest.mark.slow  # the store fixture trains four tiny runs (about a minute on two cores)
+APP = str(Path(__file__).resolve().parents[1] / "dashboards" / "app.py")
+SUITE = "dash-test"
+ALGORITHMS, SEEDS = ("reinforce", "grpo"), (0, 1)
+
+
+def make_store(root: Path, algorithms=ALGORITHMS, seeds=SEEDS, steps: int = 3) -> str:
+    """Real tiny-smoke runs forming one suite; artifacts go to root/mlruns (MLflow puts them under the cwd)."""
+    from isopo_bench.trainer import train
+
+    cwd = os.getcwd()
+    os.chdir(root)
+    try:
+        for algorithm in algorithms:
+            for seed in seeds:
+                cfg = smoke_config(root, seed=seed, algorithm=algorithm_preset(algorithm))
+                train(replace(cfg, **{"tracking.suite": SUITE, "optim.steps": steps}))
+    finally:
+        os.chdir(cwd)
+    return f"sqlite:///{root}/mlflow.db"
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> str:
+    return make_store(tmp_path_factory.mktemp("dashboard_store"))
+
+
+def copy_store(uri: str, dest: Path) -> str:
+    """A copy of a store's database (skips the slow schema creation of a new one); artifacts stay shared."""
+    shutil.copy(uri[len("sqlite:///"):], dest / "mlflow.db")
+    return f"sqlite:///{dest}/mlflow.db"
+
+
+def run_app(uri: str, monkeypatch, overhead_file: str = "") -> AppTest:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    if overhead_file:
+        monkeypatch.setenv(OVERHEAD_FILE_ENV, overhead_file)
+    else:
+        monkeypatch.delenv(OVERHEAD_FILE_ENV, raising=False)
+    at = AppTest.from_file(APP, default_timeout=180).run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert not at.error, [e.value for e in at.error]
+    return at
+
+
+def decoded(value):
+    """Plotly >= 6 ships numeric arrays as {"dtype", "bdata" (base64)}; plain lists stay lists."""
+    if isinstance(value, dict) and "bdata" in value:
+        array = np.frombuffer(base64.b64decode(value["bdata"]), dtype=value["dtype"])
+        shape = [int(n) for n in str(value.get("shape", len(array))).split(",")]
+        return array.reshape(shape).tolist()
+    if isinstance(value, dict):
+        return {k: decoded(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [decoded(v) for v in value]
+    return value
+
+
+def charts(block) -> list[dict]:
+    return [decoded(json.loads(c.proto.spec)) for c in block.get("plotly_chart")]
+
+
+def chart_by_ytitle(block, title: str) -> dict:
+    found = [c for c in charts(block) if c["layout"]["yaxis"]["title"]["text"] == title]
+    assert len(found) == 1, [c["layout"]["yaxis"]["title"]["text"] for c in charts(block)]
+    return found[0]
+
+
+def trace(chart: dict, name: str) -> dict:
+    return next(t for t in chart["data"] if t.get("name") == name)
+
+
+def histories(uri: str, metric: str) -> dict[tuple[str, int], list[tuple[int, float]]]:
+    """(algorithm, seed) -> sorted (step, value), read straight from MLflow."""
+    client = MlflowClient(uri)
+    out = {}
+    for run in client.search_runs([e.experiment_id for e in client.search_experiments()]):
+        key = (run.data.tags[M.TAG_ALGORITHM], int(run.data.tags[M.TAG_SEED]))
+        out[key] = sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, metric))
+    return out
+
+
+# ------------------------------------------------------------------------------------------------
+def test_leaderboard_tab_shows_the_cli_leaderboard(store, monkeypatch):
+    at = run_app(store, monkeypatch)
+    assert [t.label for t in at.tabs] == ["Leaderboard", "Curves", "Overhead", "Run details"]
+    shown = at.tabs[0].dataframe[0].value.reset_index(drop=True)
+    expected = lb.leaderboard(lb.load_runs(store))[list(shown.columns)]
+    pd.testing.assert_frame_equal(shown, expected, check_dtype=False)
+    assert list(shown.columns[:4]) == [M.LB_SUITE, M.LB_TASK, M.LB_MODEL, M.LB_ALGORITHM]
+    final = histories(store, M.FINAL_ACCURACY)
+    for algorithm in ALGORITHMS:
+        row = shown[shown[M.LB_ALGORITHM] == algorithm].iloc[0]
+        assert row[M.LB_N_FINISHED] == 2 and row[M.LB_SUITE] == SUITE
+        assert row[M.LB_ACC_MEAN] == pytest.approx(sum(final[(algorithm, s)][-1][1] for s in SEEDS) / 2)
+    bars = chart_by_ytitle(at.tabs[0], "final held-out accuracy (fraction correct)")["data"][0]
+    assert dict(zip(bars["x"], bars["y"])) == dict(zip(expected[M.LB_ALGORITHM], expected[M.LB_ACC_MEAN]))
+
+
+def test_sidebar_filter_restricts_every_tab(store, monkeypatch):
+    at = run_app(store, monkeypatch)
+    at.sidebar.multiselect(key=f"filter-{M.LB_ALGORITHM}").set_value(["grpo"]).run()
+    assert not at.exception
+    assert list(at.tabs[0].dataframe[0].value[M.LB_ALGORITHM]) == ["grpo"]
+    assert "2 runs selected" in [c.value for c in at.sidebar.caption]
+    reward = chart_by_ytitle(at.tabs[1], "mean training reward (0-1)")
+    assert {t["name"] for t in reward["data"] if t.get("showlegend", True)} == {"grpo"}
+
+
+def test_curves_are_the_mean_over_seeds_against_step_and_wall_clock(store, monkeypatch):
+    at = run_app(store, monkeypatch)
+    entropy = histories(store, M.ENTROPY)
+    chart = chart_by_ytitle(at.tabs[1], "policy entropy (nats per token)")
+    line = trace(chart, "grpo")
+    steps = [s for s, _ in entropy[("grpo", 0)]]
+    assert line["x"] == steps
+    pairs = list(zip(entropy[("grpo", 0)], entropy[("grpo", 1)]))
+    assert line["y"] == pytest.approx([(a + b) / 2 for (_, a), (_, b) in pairs])
+    band = trace(chart, "grpo seed range")  # hi over the steps, then lo backwards
+    assert band["y"][: len(steps)] == pytest.approx([max(a, b) for (_, a), (_, b) in pairs])
+    at.radio(key="curve_x").set_value("wall-clock time (time/elapsed)").run()
+    assert not at.exception
+    elapsed = histories(store, M.TIME_ELAPSED)
+    line = trace(chart_by_ytitle(at.tabs[1], "policy entropy (nats per token)"), "grpo")
+    pairs = list(zip(elapsed[("grpo", 0)], elapsed[("grpo", 1)]))
+    assert line["x"] == pytest.approx([(a + b) / 2 for (_, a), (_, b) in pairs])
+    accuracy = trace(chart_by_ytitle(at.tabs[1], "held-out accuracy (fraction correct, greedy)"), "reinforce")
+    assert accuracy["x"][0] == 0.0  # the evaluation before training sits at 0 s
+
+
+def test_overhead_tab_phase_times_and_offline_results(store, monkeypatch, tmp_path):
+    rows = [{"shape": "tiny", "T": 96, "B": 8, "hidden": 128, "probes": 250, "algorithm": a, "median_s": s,
+             "min_s": s, "ratio": s / 0.02} for a, s in (("reinforce", 0.02), ("isopo (fast)", 0.03))]
+    (tmp_path / "overhead.json").write_text(json.dumps(rows))
+    at = run_app(store, monkeypatch, overhead_file=str(tmp_path / "overhead.json"))
+    tab = at.tabs[2]
+    update = histories(store, M.TIME_UPDATE)
+    bars = trace(chart_by_ytitle(tab, "wall-clock per training step (s)"), "update")
+    per_run = {k: sum(v for _, v in h) / len(h) for k, h in update.items()}
+    expected = {a: (per_run[(a, 0)] + per_run[(a, 1)]) / 2 for a in ALGORITHMS}
+    assert dict(zip(bars["x"], bars["y"])) == pytest.approx(expected)
+    ratio = tab.dataframe[0].value
+    board = lb.leaderboard(lb.load_runs(store))
+    assert ratio.set_index(M.LB_ALGORITHM)[M.LB_OVERHEAD].to_dict() == pytest.approx(
+        board.set_index(M.LB_ALGORITHM)[M.LB_OVERHEAD].to_dict())
+    assert ratio.set_index(M.LB_ALGORITHM).loc["reinforce", M.LB_OVERHEAD] == 1.0
+    offline = chart_by_ytitle(tab, "update-step time / reinforce (median ratio)")
+    assert list(offline["data"][0]["y"]) == pytest.approx([1.0, 1.5])
+    assert list(tab.dataframe[1].value["algorithm"]) == ["reinforce", "isopo (fast)"]
+
+
+def test_overhead_results_from_an_mlflow_run(store, monkeypatch, tmp_path):
+    uri = copy_store(store, tmp_path)
+    client = MlflowClient(uri)
+    run_id = client.create_run(client.get_experiment_by_name("isopo-bench").experiment_id,
+                               tags={M.TAG_KIND: M.KIND_OVERHEAD}).info.run_id
+    client.log_dict(run_id, [{"shape": "tiny", "algorithm": "reinforce", "median_s": 0.5, "ratio": 1.0},
+                             {"shape": "tiny", "algorithm": "grpo", "median_s": 0.6, "ratio": 1.2}], "overhead.json")
+    client.set_terminated(run_id)
+    tab = run_app(uri, monkeypatch).tabs[2]
+    offline = chart_by_ytitle(tab, "update-step time / reinforce (median ratio)")
+    assert list(offline["data"][0]["x"]) == ["reinforce", "grpo"] and offline["data"][0]["y"] == pytest.approx([1.0, 1.2])
+    assert any(run_id in c.value for c in tab.caption)
+
+
+def test_run_details_show_tags_config_samples_and_mismatch(store, monkeypatch, tmp_path):
+    at = run_app(store, monkeypatch)
+    tab = at.tabs[3]
+    label = tab.selectbox(key="detail-run").value
+    client = MlflowClient(store)
+    run = next(r for r in client.search_runs([e.experiment_id for e in client.search_experiments()])
+               if r.info.run_id.startswith(label[-8:]))
+    run_id = run.info.run_id
+    tags = tab.table[0].value
+    assert tags.loc[M.TAG_COMMIT].iloc[0] == run.data.tags[M.TAG_COMMIT]
+    assert tags.loc[M.TAG_CONFIG_HASH].iloc[0] == run.data.tags[M.TAG_CONFIG_HASH]
+    assert tab.json[0].value and json.loads(tab.json[0].value)["seed"] == int(run.data.tags[M.TAG_SEED])
+    samples = tab.dataframe[0].value
+    logged = json.loads(Path(client.download_artifacts(run_id, "samples/eval_step_00003.json", str(tmp_path))).read_text())
+    assert list(samples["completion"]) == [r["completion"] for r in logged]
+    assert list(samples["reward"]) == [r["reward"] for r in logged]
+    mismatch = chart_by_ytitle(tab, "nats (|log p| differences) or ratio")
+    assert {t["name"] for t in mismatch["data"]} >= {"mean |log p sampler - log p trainer| (nats)"}
+
+
+def test_dashboard_never_imports_torch(store):
+    code = (f"import os, sys; os.environ['MLFLOW_TRACKING_URI'] = {store!r}\n"
+            "from streamlit.testing.v1 import AppTest\n"
+            f"at = AppTest.from_file({APP!r}, default_timeout=180).run()\n"
+            "assert not at.exception and len(at.tabs) == 4, [e.value for e in at.exception]\n"
+            "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith(('torch.', 'isopo_bench.trainer'))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+# ------------------------------------------------------------------------------------------------
+def test_missing_and_empty_store_give_a_message(store, monkeypatch, tmp_path):
+    missing = tmp_path / "nothing" / "mlflow.db"
+    at = run_app(f"sqlite:///{missing}", monkeypatch)
+    assert "There is no MLflow store" in at.info[0].value and not missing.exists()
+    empty = copy_store(store, tmp_path)
+    client = MlflowClient(empty)
+    for run in client.search_runs([e.experiment_id for e in client.search_experiments()]):
+        client.delete_run(run.info.run_id)
+    at = run_app(empty, monkeypatch)
+    assert at.info[0].value.startswith("No runs in") and not at.tabs
+
+
+def test_running_run_and_run_without_metrics_render(store, monkeypatch, tmp_path):
+    """A run in progress (one step logged, no evaluation, no summary) and a run that logged nothing."""
+    from isopo_bench.trainer import Trainer
+
+    uri = copy_store(store, tmp_path)
+    cfg = replace(smoke_config(tmp_path), **{"tracking.uri": uri, "tracking.suite": SUITE, "seed": 7,
+                                             "eval.at_start": False})
+    trainer = Trainer(cfg)  # creates its MLflow run (RUNNING, no tags yet) before loading the model
+    at = run_app(uri, monkeypatch)
+    assert "5 runs selected" in [c.value for c in at.sidebar.caption]
+    trainer.store.start(trainer.task, trainer.algorithm.attach(trainer.model))
+    trainer.store.tracker.log_metrics(trainer._train_step(1), 1)
+    client = MlflowClient(uri)
+    bare = client.create_run(client.get_experiment_by_name("isopo-bench").experiment_id).info.run_id
+    client.set_tag(bare, M.TAG_ALGORITHM, "grpo")
+    client.set_terminated(bare, "FAILED")
+    at.run()  # seconds later, well within the cache's TTL
+    assert "5 runs selected" in [c.value for c in at.sidebar.caption], "cached until refreshed"
+    at.sidebar.button[0].click().run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    assert "6 runs selected" in [c.value for c in at.sidebar.caption]
+    board = at.tabs[0].dataframe[0].value
+    reinforce = board[(board[M.LB_ALGORITHM] == "reinforce") & (board[M.LB_SUITE] == SUITE)].iloc[0]
+    assert (reinforce[M.LB_N_FINISHED], reinforce[M.LB_N_INCOMPLETE]) == (2, 1)
+    running = next(o for o in at.tabs[3].selectbox(key="detail-run").options if "RUNNING" in o)
+    at.tabs[3].selectbox(key="detail-run").set_value(running).run()
+    assert not at.exception and not at.error
+    infos = [i.value for i in at.tabs[3].info]
+    assert any("no sample completions yet" in i for i in infos) and any("No summary yet" in i for i in infos)
+    assert at.tabs[3].metric[3].value == "not yet"
+
+
+def test_launcher_binds_localhost_and_passes_an_absolute_store(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    args = parse([])
+    assert (args.host, args.port) == ("127.0.0.1", 8501)
+    assert absolute_uri("sqlite:///mlflow.db") == f"sqlite:///{tmp_path}/mlflow.db"
+    assert absolute_uri("http://mlflow:5000") == "http://mlflow:5000"
+    cmd = streamlit_command("127.0.0.1", 8601)
+    assert cmd[cmd.index("--server.address") + 1] == "127.0.0.1" and Path(cmd[4]) == Path(APP)
