@@ -126,3 +126,13 @@ TAG_KIND = "kind"
 KIND_OVERHEAD = "overhead"
 """A run holding `isopo-bench overhead` results as a JSON or CSV artifact (rows as overhead.run_overhead
 returns them); the dashboard's Overhead tab shows the newest one."""
+
+# Differentiable-control track (isopo_bench.control). Its runs also log the evaluation return under
+# EVAL_ACCURACY / FINAL_ACCURACY / BEST_ACCURACY / INITIAL_ACCURACY, so the leaderboard reads them as its score.
+CONTROL_RETURN = "control/return"
+"""Mean return of the iteration's training trajectories."""
+CONTROL_RETURN_STD = "control/return_std"
+CONTROL_EVAL_RETURN = "control/eval_return"
+"""Mean return on the fixed evaluation initial states and noise (sampled actions)."""
+CONTROL_FINAL_RETURN = "final/return"
+CONTROL_INITIAL_RETURN = "final/initial_return"

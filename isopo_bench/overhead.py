@@ -70,7 +70,13 @@ def sweep_shapes(base: Shape = SWEEP_BASE) -> list[Shape]:
     ]
 
 
-SUITES = {"tiny": lambda: [TINY], "main": lambda: [QWEN3_06B], "sweep": sweep_shapes}
+ISOPO_AND_BASELINE = ["reinforce", "isopo", "isopo-interacting"]
+SUITES = {
+    # name: (shapes, default algorithms (None = all registered), include ISOPO's faithful mode)
+    "tiny": (lambda: [TINY], None, True),
+    "main": (lambda: [QWEN3_06B], None, True),
+    "sweep": (sweep_shapes, ISOPO_AND_BASELINE, False),
+}
 
 
 def build_model(shape: Shape, device: torch.device, dtype: torch.dtype, seed: int = 0) -> torch.nn.Module:
@@ -123,15 +129,21 @@ def update_step(model, optimizer, algo, mbs: list[TrainBatch], totals: BatchTota
 
 
 def timed(fn, device: torch.device) -> float:
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    sync()
+    """Seconds for fn(). On CPU: this process's CPU time, which other jobs on a shared machine do not
+    inflate (equal to wall time for a single-threaded run on an idle core); on CUDA: synchronised wall time."""
+    if device.type != "cuda":
+        start = time.process_time()
+        fn()
+        return time.process_time() - start
+    torch.cuda.synchronize(device)
     start = time.perf_counter()
     fn()
-    sync()
+    torch.cuda.synchronize(device)
     return time.perf_counter() - start
 
 
-def bench_shape(shape: Shape, labels, repeats: int, warmup: int, device, dtype) -> list[dict]:
+def setup(shape: Shape, labels, device, dtype):
+    """Model, optimizer, microbatches, totals and one attached algorithm per variant label."""
     model = build_model(shape, device, dtype)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-9)  # timing only: weights barely move
     mbs = build_microbatches(shape, device)
@@ -147,6 +159,11 @@ def bench_shape(shape: Shape, labels, repeats: int, warmup: int, device, dtype) 
         isopo = IsopoConfig(mode=mode, num_probes=shape.num_probes)
         algos[label] = ALGORITHMS.get(name)(RunConfig(algorithm=AlgorithmConfig(name=name, isopo=isopo)))
         algos[label].attach(model)
+    return model, optimizer, mbs, totals, algos
+
+
+def bench_shape(shape: Shape, labels, repeats: int, warmup: int, device, dtype) -> list[dict]:
+    model, optimizer, mbs, totals, algos = setup(shape, labels, device, dtype)
     times: dict[str, list[float]] = {label: [] for label in algos}
     for rep in range(warmup + repeats):
         for label, algo in algos.items():  # interleaved: drifts in machine load hit every algorithm alike
@@ -154,12 +171,41 @@ def bench_shape(shape: Shape, labels, repeats: int, warmup: int, device, dtype) 
             if rep >= warmup:
                 times[label].append(seconds)
     base = statistics.median(times[BASELINE]) if BASELINE in times else float("nan")
+    base_min = min(times[BASELINE]) if BASELINE in times else float("nan")
     return [
         {"shape": shape.name, "T": shape.seq_len, "B": shape.microbatch, "hidden": shape.hidden,
          "probes": shape.num_probes, "algorithm": label, "median_s": statistics.median(t),
-         "min_s": min(t), "ratio": statistics.median(t) / base}
+         "min_s": min(t), "ratio": statistics.median(t) / base, "ratio_min": min(t) / base_min}
         for label, t in times.items()
     ]
+
+
+def breakdown(shape: Shape, labels, device, dtype, top: int = 8) -> list[dict]:
+    """Where one update step's time goes: profiler seconds per `isopo/*` stage (inclusive) and for the
+    operators whose self time differs most from REINFORCE's."""
+    from torch.profiler import ProfilerActivity, profile
+
+    model, optimizer, mbs, totals, algos = setup(shape, labels, device, dtype)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    per_label = {}
+    for label, algo in algos.items():
+        update_step(model, optimizer, algo, mbs, totals)  # warm-up
+        with profile(activities=activities) as prof:
+            timed(lambda: update_step(model, optimizer, algo, mbs, totals), device)
+        attr = "device_time_total" if device.type == "cuda" else "cpu_time_total"
+        self_attr = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
+        per_label[label] = {
+            e.key: getattr(e, attr if e.key.startswith("isopo/") else self_attr) / 1e6 for e in prof.key_averages()
+        }
+    base = per_label.get(BASELINE, {})
+    rows = []
+    for label, ops in per_label.items():
+        if label == BASELINE:
+            continue
+        keys = sorted(ops, key=lambda k: -(ops[k] if k.startswith("isopo/") else abs(ops[k] - base.get(k, 0.0))))
+        for key in keys[:top]:
+            rows.append({"algorithm": label, "op": key, "seconds": ops[key], "reinforce_seconds": base.get(key, 0.0)})
+    return rows
 
 
 def run_overhead(
@@ -179,11 +225,11 @@ def run_overhead(
 
 
 def markdown_table(rows: list[dict]) -> str:
-    lines = ["| shape | T | B | hidden | probes | algorithm | median s/step | ratio vs REINFORCE |",
-             "|---|---:|---:|---:|---:|---|---:|---:|"]
+    lines = ["| shape | T | B | hidden | probes | algorithm | median s/step | ratio vs REINFORCE | ratio of minima |",
+             "|---|---:|---:|---:|---:|---|---:|---:|---:|"]
     for r in rows:
         lines.append(f"| {r['shape']} | {r['T']} | {r['B']} | {r['hidden']} | {r['probes']} | {r['algorithm']} "
-                     f"| {r['median_s']:.3f} | {r['ratio']:.3f} |")
+                     f"| {r['median_s']:.3f} | {r['ratio']:.3f} | {r['ratio_min']:.3f} |")
     return "\n".join(lines)
 
 
@@ -197,12 +243,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float64"])
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (0 = torch's default)")
+    parser.add_argument("--breakdown", action="store_true", help="also profile the first shape's ISOPO steps")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    shapes = [s for suite in args.suite for s in SUITES[suite]()]
-    rows = run_overhead(shapes, args.algorithms, args.repeats, args.warmup, not args.no_faithful, args.device, args.dtype)
+    rows, shapes = [], []
+    for suite in args.suite:
+        make_shapes, algorithms, faithful = SUITES[suite]
+        shapes += make_shapes()
+        rows += run_overhead(
+            make_shapes(), args.algorithms or algorithms, args.repeats, args.warmup,
+            faithful and not args.no_faithful, args.device, args.dtype,
+        )
     print(markdown_table(rows))  # noqa: T201 - a CLI report
+    if args.breakdown:
+        names = [BASELINE, "isopo", "isopo-interacting"]
+        detail = breakdown(shapes[0], variants(names, False), torch.device(args.device), getattr(torch, args.dtype))
+        print("\n| algorithm | op | seconds | REINFORCE seconds |\n|---|---|---:|---:|")  # noqa: T201
+        for r in detail:
+            print(f"| {r['algorithm']} | {r['op']} | {r['seconds']:.3f} | {r['reinforce_seconds']:.3f} |")  # noqa: T201
     return 0
 
 

@@ -7,7 +7,7 @@ setting) on held-out training-split items enters [target_low, target_high]: high
 advantages to be non-zero, low enough to leave room for RL to improve.
 
 Calibration (tiny 0.66M Qwen3, 2-digit "a+b-c"): accuracy stays ~0 for hundreds of steps and then jumps,
-so evaluation runs every `eval_every` steps and every `eval_every_fine` once accuracy leaves zero.
+so evaluation runs every `eval_every` steps and every `eval_every_fine` once accuracy starts rising.
 SFT items come from a seed stream disjoint from the RL runs' (seed + SFT_SEED_OFFSET) and the held-out
 items are training-split items at indices no SFT step reaches, so the RL test split is never looked at.
 
@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 
 from isopo_bench.config import ModelConfig, RunConfig, TaskConfig
+from isopo_bench.errors import ConfigError
 from isopo_bench.models import cache_root, encode_prompt, load_policy, load_tokenizer, model_source
 from isopo_bench.plugins import ENGINES, TASKS
 from isopo_bench.rollout.api import SamplingSettings
@@ -62,7 +63,7 @@ class WarmStartConfig:
     eval_every: int = 50
     """Steps between evaluations while accuracy is ~0."""
     eval_every_fine: int = 10
-    """Steps between evaluations once sampled accuracy is above zero."""
+    """Steps between evaluations once sampled accuracy reaches a third of target_low."""
     eval_items: int = 128
     """Held-out items per evaluation (sampled once each at temperature 1)."""
     max_new_tokens: int = 40
@@ -79,12 +80,16 @@ class WarmStartConfig:
 def from_run_config(run: RunConfig) -> WarmStartConfig:
     """The warm start matching a run: same base model, task and seed, ignoring any init_from."""
     model = dataclasses.replace(run.model, init_from="")
-    return WarmStartConfig(model=model, task=run.task, seed=run.seed, max_new_tokens=run.rollout.max_new_tokens)
+    task = dataclasses.replace(run.task, eval_items=TaskConfig().eval_items)  # RL eval size is not an SFT input
+    return WarmStartConfig(model=model, task=task, seed=run.seed, max_new_tokens=run.rollout.max_new_tokens)
 
 
 def warm_start(cfg: WarmStartConfig | RunConfig) -> Path:
     """Folder of the warm-started model, trained once per config and cached."""
     cfg = from_run_config(cfg) if isinstance(cfg, RunConfig) else cfg
+    for name in ("max_steps", "batch_size", "eval_every", "eval_every_fine", "eval_items", "max_new_tokens"):
+        if getattr(cfg, name) < 1:
+            raise ConfigError(name, f"must be >= 1, got {getattr(cfg, name)}", "use a positive value")
     folder = cache_root() / "warmstart" / cfg.key()
     if (folder / "warmstart.json").exists():
         return folder
@@ -106,31 +111,37 @@ def _train(cfg: WarmStartConfig, out: Path) -> dict:
     model = load_policy(dataclasses.replace(cfg.model, dtype="float32"), source, torch.device("cpu"))
     task = TASKS.get(cfg.task.name)(cfg.task, cfg.seed + SFT_SEED_OFFSET)
     held_out = [task.item("train", HELD_OUT_START + k) for k in range(cfg.eval_items)]
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / max(cfg.warmup_steps, 1)))
-    start, history, accuracy, step, next_eval = time.perf_counter(), [], 0.0, 0, cfg.eval_every
-    torch.manual_seed(cfg.seed)
-    while step < cfg.max_steps:
-        loss = sft_step(model, tokenizer, task, task.train_items(step, cfg.batch_size), optimizer)
-        schedule.step()
-        step += 1
-        if step >= next_eval or step == cfg.max_steps:
-            accuracy = sampled_accuracy(model, tokenizer, task, held_out, cfg.max_new_tokens, seed=step)
-            history.append({"step": step, "loss": loss, "sampled_accuracy": accuracy})
-            log.info("warm start step %d: loss %.3f, sampled accuracy %.3f", step, loss, accuracy)
-            if accuracy >= cfg.target_low:
-                break
-            next_eval = step + (cfg.eval_every_fine if accuracy > 0 else cfg.eval_every)
-    if accuracy > cfg.target_high:
-        log.warning("warm start overshot: sampled accuracy %.3f > %.3f", accuracy, cfg.target_high)
+    start = time.perf_counter()
+    report = _sft_until_band(cfg, model, tokenizer, task, held_out)
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
-    greedy = sampled_accuracy(model, tokenizer, task, held_out, cfg.max_new_tokens, seed=0, temperature=0.0)
-    return {
-        "sampled_accuracy": accuracy, "greedy_accuracy": greedy, "steps": step,
-        "seconds": round(time.perf_counter() - start, 1), "in_band": cfg.target_low <= accuracy <= cfg.target_high,
-        "torch_threads": torch.get_num_threads(), "history": history, "config": dataclasses.asdict(cfg),
-    }
+    report["greedy_accuracy"] = sampled_accuracy(model, tokenizer, task, held_out, cfg.max_new_tokens, 0, 0.0)
+    report |= {"seconds": round(time.perf_counter() - start, 1), "torch_threads": torch.get_num_threads()}
+    return report | {"config": dataclasses.asdict(cfg)}
+
+
+def _sft_until_band(cfg: WarmStartConfig, model, tokenizer, task, held_out) -> dict:
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / max(cfg.warmup_steps, 1)))
+    history, accuracy, next_eval, losses = [], 0.0, cfg.eval_every, []
+    torch.manual_seed(cfg.seed)
+    for step in range(1, cfg.max_steps + 1):
+        losses.append(sft_step(model, tokenizer, task, task.train_items(step - 1, cfg.batch_size), optimizer))
+        schedule.step()
+        if step < next_eval and step < cfg.max_steps:
+            continue
+        accuracy = sampled_accuracy(model, tokenizer, task, held_out, cfg.max_new_tokens, seed=step)
+        history.append({"step": step, "loss": losses[-1], "sampled_accuracy": accuracy})
+        log.info("warm start step %d: loss %.3f, sampled accuracy %.3f", step, losses[-1], accuracy)
+        if accuracy >= cfg.target_low:
+            break
+        # Accuracy jumps within tens of steps once it starts rising: watch closely from a third of the band.
+        next_eval = step + (cfg.eval_every_fine if accuracy >= cfg.target_low / 3 else cfg.eval_every)
+    if accuracy > cfg.target_high:
+        log.warning("warm start overshot: sampled accuracy %.3f > %.3f", accuracy, cfg.target_high)
+    in_band = cfg.target_low <= accuracy <= cfg.target_high
+    return {"sampled_accuracy": accuracy, "in_band": in_band, "steps": len(losses), "initial_loss": losses[0],
+            "history": history}
 
 
 def sft_batch(tokenizer, prompts: list[str], completions: list[str]) -> dict[str, torch.Tensor]:

@@ -1,0 +1,84 @@
+"""The ISOPO Linear: a custom autograd Function and the temporary forward override that installs it.
+
+Inside the backward, grad_input is computed as usual and the weight gradient is the ISOPO gradient
+sum_i w_i G_i returned by the layer's rule, so autograd never computes (and then discards) its own weight
+gradient, accumulation over microbatches is autograd's own, and data-parallel wrappers (DDP/FSDP) see and
+communicate the ISOPO gradient as an ordinary gradient (SCALE_OUT.md, option A). Linear biases get a zero
+gradient, as in the reference.
+
+The override is an instance attribute `forward` set on entry and deleted on exit, so after the context the
+module is byte-for-byte the plain module again: no hook handles, no extra attributes, no saved tensors.
+It is stateless across calls, so gradient checkpointing (which reruns forwards) needs no special care.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Callable, Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class IsopoLinearFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias, rule):
+        ctx.rule = rule
+        ctx.has_bias = bias is not None
+        ctx.save_for_backward(x, weight)
+        return F.linear(x, weight, bias)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, weight = ctx.saved_tensors
+        # Under autocast the output (hence grad_out) is in the autocast dtype; compute in it, as autograd does.
+        x_c, w_c = x.to(grad_out.dtype), weight.to(grad_out.dtype)
+        grad_x = (grad_out @ w_c).to(x.dtype) if ctx.needs_input_grad[0] else None
+        grad_w = ctx.rule.weight_grad(x_c, grad_out).to(weight.dtype) if ctx.needs_input_grad[1] else None
+        grad_b = None
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_b = torch.zeros(weight.shape[0], dtype=weight.dtype, device=weight.device)
+        return grad_x, grad_w, grad_b, None
+
+
+def transforms_now(module: nn.Module) -> bool:
+    """Rules act only in training forwards that build a graph (not evaluation, not no_grad recompute)."""
+    return module.training and torch.is_grad_enabled()
+
+
+def isopo_linear_forward(module: nn.Linear, rule) -> Callable:
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        if transforms_now(module) and module.weight.requires_grad:
+            return IsopoLinearFn.apply(x, module.weight, module.bias, rule)
+        return F.linear(x, module.weight, module.bias)
+
+    return forward
+
+
+def check_plain_linear(name: str, module: nn.Module) -> None:
+    """Linear subclasses with their own forward (LoRA, quantised layers) would be silently mis-handled."""
+    if type(module).forward is not nn.Linear.forward:
+        raise TypeError(
+            f"ISOPO: `{name}` is a {type(module).__name__}, a Linear subclass with its own forward; "
+            "ISOPO's per-layer rule only covers plain nn.Linear (merge adapters or add a rule)"
+        )
+
+
+@contextlib.contextmanager
+def overridden_forwards(overrides: dict[nn.Module, Callable]) -> Iterator[None]:
+    """Set `module.forward` for each module for the duration of the block; restore exactly afterwards."""
+    installed = []
+    try:
+        for module, forward in overrides.items():
+            if "forward" in module.__dict__:
+                raise RuntimeError(
+                    f"ISOPO: a {type(module).__name__} already has an instance-level forward (another library's "
+                    "hook?); refusing to stack overrides"
+                )
+            module.forward = forward
+            installed.append(module)
+        yield
+    finally:
+        for module in installed:
+            del module.forward

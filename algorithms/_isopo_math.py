@@ -1,0 +1,113 @@
+"""Pure tensor math of ISOPO for one Linear layer and one microbatch (ALGORITHMS.md 5.1, 5.2, 5.5).
+
+Inputs are padded token grids: a_BTI (the Linear's input), g_BTO (the loss gradient w.r.t. its output,
+exactly zero on padding). Per-sequence layer gradients are G_i = sum_{t in i} g_t a_t^T. Every function
+has an obviously-correct form (materialised G_i, used by the faithful mode) or an exactly equivalent
+cheaper form (ghost norms, Gram trick, probe products; the fast mode). No state lives here.
+"""
+
+from __future__ import annotations
+
+import torch
+
+EPS_SCALE = 1e-8
+"""Added to N~^p O~^q R~^r before inverting (the reference's constant)."""
+EPS_NORM = 1e-12
+"""Added to ||g_k|| ||a_k|| in the Fisher trace and to N_i in R_i = O_i / N_i."""
+EPS_DAMP = 1e-8
+"""Added to eigenvalue + lambda in interacting ISOPO (kept identical in the solve form)."""
+
+
+def seq_grads(a_BTI: torch.Tensor, g_BTO: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """G_BOI[i] = sum_t g_t a_t^T, one batched matmul (padding rows of a are zero)."""
+    return torch.bmm(g_BTO.transpose(1, 2), a_BTI, out=out)
+
+
+def ghost_sq_norms(a_BTI: torch.Tensor, g_BTO: torch.Tensor, gram_a_BTT: torch.Tensor | None = None) -> torch.Tensor:
+    """||G_i||^2 = sum_{t,s in i} (g_t . g_s)(a_t . a_s), without forming G_i (cost T^2 (d_in + d_out))."""
+    if gram_a_BTT is None:
+        gram_a_BTT = torch.bmm(a_BTI, a_BTI.transpose(1, 2))
+    gram_g_BTT = torch.bmm(g_BTO, g_BTO.transpose(1, 2))
+    return (gram_a_BTT * gram_g_BTT).sum(dim=(1, 2))
+
+
+def gram_ntk(a_BTI: torch.Tensor, g_BTO: torch.Tensor) -> torch.Tensor:
+    """K_ij = <G_i, G_j> = sum_{t in i, s in j} (g_t . g_s)(a_t . a_s) (the Gram trick, cost (BT)^2 (d_in + d_out))."""
+    B, T, _ = a_BTI.shape
+    a_NI, g_NO = a_BTI.reshape(B * T, -1), g_BTO.reshape(B * T, -1)
+    prod_NN = (a_NI @ a_NI.T) * (g_NO @ g_NO.T)
+    return prod_NN.view(B, T, B, T).sum(dim=(1, 3))
+
+
+def probe_side(x_NI: torch.Tensor, probes_S: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x_S x^T, ||x_k||) for one side (input or output gradient) of the probe products."""
+    x_SI = x_NI[probes_S]
+    return x_SI @ x_NI.T, x_SI.norm(dim=1)
+
+
+def probe_overlaps(side_a, side_g, B: int, T: int) -> torch.Tensor:
+    """P_SB[k, i] = <G_i, J_k> = sum_{t in i} (g_k . g_t)(a_k . a_t): one S x N product, segment-summed."""
+    (prod_a_SN, _), (prod_g_SN, _) = side_a, side_g
+    return (prod_a_SN * prod_g_SN).view(-1, B, T).sum(dim=-1)
+
+
+def probe_overlaps_materialised(G_BOI: torch.Tensor, a_SI: torch.Tensor, g_SO: torch.Tensor) -> torch.Tensor:
+    """P_SB[k, i] = <G_i, g_k a_k^T> = g_k^T G_i a_k, from the materialised G_i (faithful mode)."""
+    Ga_BOS = G_BOI @ a_SI.T
+    return (Ga_BOS * g_SO.T.unsqueeze(0)).sum(dim=1).T
+
+
+def fisher_trace_sqrt(a_norm_S: torch.Tensor, g_norm_S: torch.Tensor) -> torch.Tensor:
+    """|| (||g_k|| ||a_k|| + eps)_k ||_2, the denominator of O_i (sqrt of tr F, regularised)."""
+    return (g_norm_S * a_norm_S + EPS_NORM).norm()
+
+
+def soft_abs(x_B: torch.Tensor, c: float, ema_x2: torch.Tensor | None, form: str) -> torch.Tensor:
+    """x~ of 5.1 step 3 with lambda_x = c * EMA[x^2]; c = 0 gives |x|."""
+    if c == 0:
+        return x_B.abs()
+    lam = c * ema_x2
+    if form == "keep-small":
+        return torch.sqrt(x_B**2 / (lam + 1e-8) + 1)
+    return torch.sqrt(x_B**2 + lam)
+
+
+def isopo_scale(n_t: torch.Tensor, o_t: torch.Tensor, r_t: torch.Tensor, p: float, q: float, r: float) -> torch.Tensor:
+    """s_i = 1 / (N~^p O~^q R~^r + 1e-8); pow(0, 0) = 1, so a zero exponent removes its factor exactly."""
+    return 1.0 / (n_t.pow(p) * o_t.pow(q) * r_t.pow(r) + EPS_SCALE)
+
+
+def damped_advantages_eigh(K_BB: torch.Tensor, A_B: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
+    """A~ = U diag(lambda / (D + lambda + 1e-8)) U^T A, the reference's eigh form (faithful mode)."""
+    D_B, U_BB = torch.linalg.eigh(K_BB)
+    return U_BB @ ((lam / (D_B + lam + EPS_DAMP)) * (U_BB.T @ A_B))
+
+
+def damped_advantages_solve(K_BB: torch.Tensor, A_B: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
+    """The same A~ as lambda (K + (lambda + 1e-8) I)^-1 A, one small solve in float64 (fast mode)."""
+    K64 = K_BB.to(torch.float64)
+    eye = torch.eye(K64.shape[0], dtype=torch.float64, device=K64.device)
+    lam64 = lam.to(torch.float64)
+    sol = torch.linalg.solve(K64 + (lam64 + EPS_DAMP) * eye, A_B.to(torch.float64))
+    return (lam64 * sol).to(K_BB.dtype)
+
+
+def row_gram(X_BD: torch.Tensor, block: int = 1 << 16) -> torch.Tensor:
+    """X X^T for a few very long rows, in column blocks (a plain (B x D)(D x B) product runs far below
+    memory bandwidth on CPU)."""
+    return sum(X_BD[:, s : s + block] @ X_BD[:, s : s + block].T for s in range(0, X_BD.shape[1], block))
+
+
+def combine(w_B: torch.Tensor, a_BTI: torch.Tensor, g_BTO: torch.Tensor, G_BOI: torch.Tensor | None) -> torch.Tensor:
+    """sum_i w_i G_i: a B-term sum when G_i are materialised, else g^T diag(w_seq(t)) a, one matmul with
+    the per-token weights applied to the narrower side."""
+    if G_BOI is not None:
+        B, O, I = G_BOI.shape
+        return (w_B.to(G_BOI.dtype).view(1, B) @ G_BOI.reshape(B, O * I)).view(O, I)
+    B, T, I = a_BTI.shape
+    O = g_BTO.shape[-1]
+    if I <= O:
+        a_BTI = a_BTI * w_B.to(a_BTI.dtype).view(B, 1, 1)
+    else:
+        g_BTO = g_BTO * w_B.to(g_BTO.dtype).view(B, 1, 1)
+    return g_BTO.reshape(B * T, O).T @ a_BTI.reshape(B * T, I)

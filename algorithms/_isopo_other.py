@@ -1,0 +1,155 @@
+"""Which parameter gets which rule under ISOPO, and the per-token rules for parameters that are not Linear
+weights (ALGORITHMS.md 5.4).
+
+The back-propagated loss has no advantages, so without a rule a norm weight or an embedding receives the
+advantage-free gradient of -logp (the reference's behaviour, `other_params=reference`). The `reinforce`
+rule gives it sum_t A_seq(t) * (token t's contribution) instead. That is exactly the REINFORCE gradient
+because sequences do not interact: the REINFORCE output gradient at token t is A_seq(t) g_t. It is applied
+per module type with the trick y = y_input_path + w_t * (y_param_path - sg(y_param_path)): the value is
+y bit for bit, the input gradient is the ordinary one, and the parameter gradient is reweighted by w_t per
+token. Token weight 0 (`freeze`, or the lookup use of a tied embedding under `tied_embedding=reference`)
+detaches the parameter instead. Modules owning parameters with no rule raise under `reinforce`.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+from torch import nn
+
+from isopo_bench.algorithms._isopo_linear import check_plain_linear, transforms_now
+from isopo_bench.config import IsopoConfig
+
+RMS_NORMS = frozenset({"Qwen3RMSNorm", "Qwen2RMSNorm", "LlamaRMSNorm", "MistralRMSNorm"})
+"""Norm classes computing weight * x / rms(x) (in float32) with no offset; e.g. Gemma's (1 + w) is not one."""
+
+
+def _rms_normalised(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    # Mirrors the HF forward exactly (float32 statistics, cast back) so the forward value is unchanged.
+    h = x.to(torch.float32)
+    h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + module.variance_epsilon)
+    return h.to(x.dtype)
+
+
+def _per_token(w_BT: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    B, T = w_BT.shape
+    if tuple(y.shape[:2]) != (B, T):
+        raise RuntimeError(f"ISOPO other_params rule expected (B={B}, T={T}, ...) activations, got {tuple(y.shape)}")
+    return w_BT.to(y.dtype).view(B, T, *([1] * (y.dim() - 2)))
+
+
+def rms_norm_forward(module: nn.Module, w_BT: torch.Tensor | None) -> Callable:
+    """w_BT None: parameter detached (no gradient); else per-token weights of the parameter gradient."""
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        if not transforms_now(module):
+            return type(module).forward(module, x)
+        h = _rms_normalised(module, x)
+        y = module.weight.detach() * h
+        if w_BT is None:
+            return y
+        y_param = module.weight * h.detach()
+        return y + _per_token(w_BT, y) * (y_param - y_param.detach())
+
+    return forward
+
+
+def embedding_forward(module: nn.Embedding, w_BT: torch.Tensor | None) -> Callable:
+    def forward(ids: torch.Tensor) -> torch.Tensor:
+        y = type(module).forward(module, ids)
+        if not transforms_now(module):
+            return y
+        y_det = y.detach()
+        if w_BT is None:
+            return y_det
+        return y_det + _per_token(w_BT, y) * (y - y_det)
+
+    return forward
+
+
+def rule_factory(module: nn.Module) -> Callable | None:
+    if isinstance(module, nn.Embedding):
+        return embedding_forward
+    if type(module).__name__ in RMS_NORMS:
+        return rms_norm_forward
+    return None
+
+
+def _patterns(names: list[str]) -> str:
+    """Compact, readable list: layer indices collapsed to `*`."""
+    seen = dict.fromkeys(re.sub(r"\.\d+\.", ".*.", n) for n in names)
+    return ", ".join(seen) or "(none)"
+
+
+@dataclass
+class ModelPolicy:
+    """The rule of every trainable parameter of one model, decided once at attach time."""
+
+    linears: dict[str, nn.Linear] = field(default_factory=dict)
+    others: dict[str, nn.Module] = field(default_factory=dict)
+    """Modules owning trainable non-Linear parameters, by module name."""
+    tied: set[str] = field(default_factory=set)
+    """Names of `others` whose weight is also a Linear weight (tied embeddings)."""
+    frozen_params: list[torch.nn.Parameter] = field(default_factory=list)
+    frozen_names: list[str] = field(default_factory=list)
+
+    @staticmethod
+    def of(model: nn.Module, cfg: IsopoConfig) -> "ModelPolicy":
+        pol = ModelPolicy()
+        for name, module in model.named_modules():
+            own = [p for p in module._parameters.values() if p is not None and p.requires_grad]
+            if isinstance(module, nn.Linear):
+                check_plain_linear(name, module)
+                pol.linears[name] = module
+            elif own:
+                pol.others[name] = module
+        linear_weights = {id(m.weight) for m in pol.linears.values()}
+        for name, module in pol.others.items():
+            if any(id(p) in linear_weights for p in module._parameters.values()):
+                pol.tied.add(name)
+            elif cfg.other_params == "reinforce" and rule_factory(module) is None:
+                raise TypeError(
+                    f"ISOPO other_params=reinforce has no per-token rule for `{name}` ({type(module).__name__}); "
+                    "use algorithm.isopo.other_params=freeze or =reference, or add a rule in algorithms/_isopo_other.py"
+                )
+        if cfg.other_params == "freeze":
+            for name, module in pol.others.items():
+                for pname, p in module.named_parameters(recurse=False):
+                    if id(p) not in linear_weights:
+                        pol.frozen_params.append(p)
+                        pol.frozen_names.append(f"{name}.{pname}" if name else pname)
+        return pol
+
+    def token_weight_mode(self, name: str, cfg: IsopoConfig) -> str:
+        """`advantage`, `zero` or `raw` (leave the module alone) for the lookup/norm use of `name`."""
+        if name in self.tied and cfg.tied_embedding == "reference":
+            return "zero"
+        return {"reinforce": "advantage", "freeze": "zero", "reference": "raw"}[cfg.other_params]
+
+    def other_overrides(self, cfg: IsopoConfig, adv_B: torch.Tensor, T: int) -> dict[nn.Module, Callable]:
+        adv_BT = adv_B[:, None].expand(-1, T)
+        overrides = {}
+        for name, module in self.others.items():
+            mode = self.token_weight_mode(name, cfg)
+            factory = rule_factory(module)
+            if mode == "raw" or factory is None:
+                continue  # raw gradient; under `freeze` an unknown module's grads are dropped in finalize
+            overrides[module] = factory(module, adv_BT if mode == "advantage" else None)
+        return overrides
+
+    def describe(self, cfg: IsopoConfig) -> dict[str, str]:
+        biases = [f"{n}.bias" for n, m in self.linears.items() if m.bias is not None]
+        others = [f"{n}.{p}" if n else p for n, m in self.others.items() for p, _ in m.named_parameters(recurse=False)]
+        desc = {
+            "isopo/linear_weights": _patterns([f"{n}.weight" for n in self.linears]),
+            "isopo/linear_biases_zeroed": _patterns(biases),
+            "isopo/other_params_rule": cfg.other_params,
+            "isopo/other_params": _patterns(others),
+            "isopo/frozen_params": _patterns(self.frozen_names),
+        }
+        if self.tied:
+            desc["isopo/tied_embedding"] = f"{_patterns(sorted(self.tied))}: {cfg.tied_embedding}"
+        return desc

@@ -1,0 +1,314 @@
+"""The leaderboard: MLflow runs -> one row per run -> aggregates per algorithm (and per learning rate).
+
+Shared by `isopo-bench leaderboard`, the suite runner and the Streamlit dashboard, so it imports only
+pandas, numpy, mlflow and metric_names (never torch or the trainer).
+
+Rules: comparisons happen only inside one (suite version, task, model) group; runs that failed or did
+not finish are counted per group and never averaged in; every aggregate row names the commits and the
+config hashes it was computed from. Intervals are two-sided 95% Student-t intervals over seeds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+
+import numpy as np
+import pandas as pd
+
+from isopo_bench import metric_names as M
+
+GROUP = [M.LB_SUITE, M.LB_TASK, M.LB_MODEL]
+REINFORCE = "reinforce"
+RUN_COLUMNS = [
+    M.LB_RUN_ID, M.LB_RUN_NAME, M.LB_STATUS, *GROUP, M.LB_ALGORITHM, M.LB_LR, M.LB_SEED, M.LB_STEPS,
+    M.LB_PLANNED_STEPS, M.LB_FINAL_ACC, M.LB_BEST_ACC, M.LB_INITIAL_ACC, M.LB_ELAPSED, M.LB_UPDATE_S,
+    M.LB_STEP_S, M.LB_EVAL_CURVE, M.LB_COMMIT, M.LB_CONFIG_HASH, M.LB_MACHINE, M.LB_STATUS_DETAIL, M.LB_START_TIME,
+]
+COUNTS = [M.LB_N_FINISHED, M.LB_N_FAILED, M.LB_N_INCOMPLETE]
+PROVENANCE = [M.LB_COMMITS, M.LB_CONFIG_HASHES, M.LB_MACHINE]
+LR_COLUMNS = [
+    *GROUP, M.LB_ALGORITHM, M.LB_LR, *COUNTS, M.LB_SEEDS, M.LB_ACC_MEAN, M.LB_ACC_CI_LO, M.LB_ACC_CI_HI,
+    M.LB_BEST_ACC_MEAN, M.LB_BUDGET_S, M.LB_ACC_AT_BUDGET, M.LB_UPDATE_S, M.LB_STEP_S, *PROVENANCE,
+]
+DIFF_COLUMNS = [*GROUP, M.LB_ALGORITHM, M.LB_BASELINE, M.LB_N_PAIRS, M.LB_DIFF_MEAN, M.LB_DIFF_CI_LO, M.LB_DIFF_CI_HI]
+BOARD_COLUMNS = [
+    *GROUP, M.LB_ALGORITHM, *COUNTS, M.LB_LRS_FINISHED, M.LB_ROBUST_MEAN, M.LB_ROBUST_WORST, M.LB_BEST_LR,
+    M.LB_SEEDS, M.LB_ACC_MEAN, M.LB_ACC_CI_LO, M.LB_ACC_CI_HI, M.LB_BEST_ACC_MEAN, M.LB_BUDGET_S,
+    M.LB_ACC_AT_BUDGET, M.LB_THRESHOLD, M.LB_STEPS_TO_THRESHOLD, M.LB_THRESHOLD_REACHED, M.LB_UPDATE_S,
+    M.LB_STEP_S, M.LB_OVERHEAD, M.LB_BASELINE, M.LB_N_PAIRS, M.LB_DIFF_MEAN, M.LB_DIFF_CI_LO, M.LB_DIFF_CI_HI,
+    *PROVENANCE,
+]
+DISPLAY_COLUMNS = [
+    M.LB_ALGORITHM, *COUNTS, M.LB_ROBUST_MEAN, M.LB_ROBUST_WORST, M.LB_BEST_LR, M.LB_ACC_MEAN, M.LB_ACC_CI_LO,
+    M.LB_ACC_CI_HI, M.LB_ACC_AT_BUDGET, M.LB_BEST_ACC_MEAN, M.LB_STEPS_TO_THRESHOLD, M.LB_UPDATE_S, M.LB_STEP_S,
+    M.LB_OVERHEAD, M.LB_DIFF_MEAN, M.LB_DIFF_CI_LO, M.LB_DIFF_CI_HI, M.LB_COMMITS,
+]
+"""The columns printed to the terminal; the CSV and Markdown exports hold all of BOARD_COLUMNS."""
+LR_DISPLAY_COLUMNS = [
+    M.LB_ALGORITHM, M.LB_LR, *COUNTS, M.LB_SEEDS, M.LB_ACC_MEAN, M.LB_ACC_CI_LO, M.LB_ACC_CI_HI, M.LB_BEST_ACC_MEAN,
+    M.LB_ACC_AT_BUDGET, M.LB_UPDATE_S, M.LB_STEP_S,
+]
+
+# Two-sided 95% Student-t quantiles t_{0.975, df}, df = 1..30; beyond, the Cornish-Fisher expansion
+# (error < 3e-8 for df > 30). A table keeps scipy out of the dashboard's dependencies.
+_T975 = (12.706205, 4.302653, 3.182446, 2.776445, 2.570582, 2.446912, 2.364624, 2.306004, 2.262157, 2.228139,
+         2.200985, 2.178813, 2.160369, 2.144787, 2.131450, 2.119905, 2.109816, 2.100922, 2.093024, 2.085963,
+         2.079614, 2.073873, 2.068658, 2.063899, 2.059539, 2.055529, 2.051831, 2.048407, 2.045230, 2.042272)
+
+
+def t975(df: int) -> float:
+    if df <= len(_T975):
+        return _T975[df - 1]
+    z = 1.959963984540054
+    g = ((z**3 + z) / 4, (5 * z**5 + 16 * z**3 + 3 * z) / 96, (3 * z**7 + 19 * z**5 + 17 * z**3 - 15 * z) / 384,
+         (79 * z**9 + 776 * z**7 + 1482 * z**5 - 1920 * z**3 - 945 * z) / 92160)
+    return z + sum(gk / df ** (k + 1) for k, gk in enumerate(g))
+
+
+def t_interval(values) -> tuple[float, float, float]:
+    """(mean, low, high) of the 95% t-interval; no interval from fewer than two values."""
+    x = np.asarray([v for v in values if v is not None and not math.isnan(v)], dtype=float)
+    if len(x) == 0:
+        return math.nan, math.nan, math.nan
+    if len(x) == 1:
+        return float(x[0]), math.nan, math.nan
+    half = t975(len(x) - 1) * float(x.std(ddof=1)) / math.sqrt(len(x))
+    return float(x.mean()), float(x.mean()) - half, float(x.mean()) + half
+
+
+# ------------------------------------------------------------------------------------------------
+def load_runs(tracking_uri: str, experiment: str | None = None, suite: str | None = None) -> pd.DataFrame:
+    """One row per run (RUN_COLUMNS) of an experiment (all when None), optionally of one suite label.
+    A config hash recorded twice (a run started again from scratch) keeps its FINISHED, else newest, record."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    ids = _experiment_ids(client, experiment)
+    where = f"tags.{M.TAG_SUITE} = '{suite}'" if suite else ""
+    rows = [_run_row(client, run) for run in _search(client, ids, where)]
+    df = pd.DataFrame(rows, columns=RUN_COLUMNS)
+    df["_done"] = df[M.LB_STATUS] == "FINISHED"
+    df = df.sort_values(["_done", M.LB_START_TIME]).drop(columns="_done")
+    keyed = df[M.LB_CONFIG_HASH] != ""
+    df = pd.concat([df[keyed].drop_duplicates(M.LB_CONFIG_HASH, keep="last"), df[~keyed]])
+    return df.sort_values([*GROUP, M.LB_ALGORITHM, M.LB_LR, M.LB_SEED]).reset_index(drop=True)
+
+
+def _experiment_ids(client, experiment: str | None) -> list[str]:
+    if experiment is None:
+        return [e.experiment_id for e in client.search_experiments()]
+    exp = client.get_experiment_by_name(experiment)
+    return [exp.experiment_id] if exp else []
+
+
+def _search(client, ids: list[str], where: str):
+    token = None
+    while ids:
+        page = client.search_runs(ids, where, max_results=1000, page_token=token)
+        yield from page
+        token = page.token
+        if not token:
+            return
+
+
+def _history(client, run_id: str, metric: str) -> list[tuple[int, float]]:
+    return sorted((m.step, m.value) for m in client.get_metric_history(run_id, metric))
+
+
+def _run_row(client, run) -> dict:
+    tags, metrics, params = run.data.tags, run.data.metrics, run.data.params
+    hist = {k: _history(client, run.info.run_id, k) for k in (M.TIME_UPDATE, M.TIME_STEP, M.TIME_ELAPSED, M.EVAL_ACCURACY)}
+    elapsed = dict(hist[M.TIME_ELAPSED]) | {0: 0.0}
+    return {
+        M.LB_RUN_ID: run.info.run_id, M.LB_RUN_NAME: run.info.run_name, M.LB_STATUS: run.info.status,
+        M.LB_SUITE: tags.get(M.TAG_SUITE, ""), M.LB_TASK: tags.get(M.TAG_TASK, ""), M.LB_MODEL: tags.get(M.TAG_MODEL, ""),
+        M.LB_ALGORITHM: tags.get(M.TAG_ALGORITHM, ""), M.LB_LR: float(tags.get(M.TAG_LR, "nan")),
+        M.LB_SEED: int(tags.get(M.TAG_SEED, "-1")), M.LB_STEPS: max(elapsed),
+        M.LB_PLANNED_STEPS: int(params.get("optim.steps", "0")),
+        M.LB_FINAL_ACC: metrics.get(M.FINAL_ACCURACY, math.nan), M.LB_BEST_ACC: metrics.get(M.BEST_ACCURACY, math.nan),
+        M.LB_INITIAL_ACC: metrics.get(M.INITIAL_ACCURACY, math.nan), M.LB_ELAPSED: max(elapsed.values()),
+        M.LB_UPDATE_S: _median(hist[M.TIME_UPDATE]), M.LB_STEP_S: _median(hist[M.TIME_STEP]),
+        M.LB_EVAL_CURVE: [(s, elapsed.get(s, math.nan), acc) for s, acc in hist[M.EVAL_ACCURACY]],
+        M.LB_COMMIT: tags.get(M.TAG_COMMIT, ""), M.LB_CONFIG_HASH: tags.get(M.TAG_CONFIG_HASH, ""),
+        M.LB_MACHINE: tags.get(M.TAG_MACHINE, ""), M.LB_STATUS_DETAIL: tags.get(M.TAG_STATUS_DETAIL, ""),
+        M.LB_START_TIME: run.info.start_time,
+    }
+
+
+def _median(points: list[tuple[int, float]]) -> float:
+    return float(np.median([v for _, v in points])) if points else math.nan
+
+
+def load_metric_history(tracking_uri: str, run_ids: list[str], metric: str) -> pd.DataFrame:
+    """Long format: one row per (run_id, step) with the metric's value and its timestamp (ms)."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    rows = [(rid, m.step, m.value, m.timestamp) for rid in run_ids for m in client.get_metric_history(rid, metric)]
+    return pd.DataFrame(rows, columns=[M.LB_RUN_ID, "step", "value", "timestamp"]).sort_values([M.LB_RUN_ID, "step"])
+
+
+# ------------------------------------------------------------------------------------------------
+def _finished(df: pd.DataFrame) -> pd.DataFrame:
+    return df[df[M.LB_STATUS] == "FINISHED"]
+
+
+def _counts(df: pd.DataFrame) -> dict:
+    status = df[M.LB_STATUS]
+    failed = int((status == "FAILED").sum())
+    finished = int((status == "FINISHED").sum())
+    return {M.LB_N_FINISHED: finished, M.LB_N_FAILED: failed, M.LB_N_INCOMPLETE: len(df) - finished - failed}
+
+
+def _joined(values) -> str:
+    return ",".join(sorted({str(v) for v in values if str(v)}))
+
+
+def _provenance(df: pd.DataFrame) -> dict:
+    return {M.LB_COMMITS: _joined(df[M.LB_COMMIT]), M.LB_CONFIG_HASHES: _joined(df[M.LB_CONFIG_HASH]),
+            M.LB_MACHINE: _joined(df[M.LB_MACHINE])}
+
+
+def accuracy_at(curve: list[tuple[int, float, float]], budget_s: float) -> float:
+    """Accuracy of the last evaluation reached within `budget_s` seconds of training."""
+    within = [acc for _, t, acc in curve if t <= budget_s + 1e-9]
+    return within[-1] if within else math.nan
+
+
+def steps_to(curve: list[tuple[int, float, float]], threshold: float) -> float:
+    """First evaluated step whose accuracy reaches the threshold; NaN when it never does."""
+    return next((float(step) for step, _, acc in curve if acc >= threshold), math.nan)
+
+
+def with_budget_accuracy(runs_df: pd.DataFrame) -> pd.DataFrame:
+    """Adds LB_BUDGET_S and LB_ACC_AT_BUDGET to finished runs: the equal budget of a group is the time
+    the fastest algorithm needed to finish all its runs (min over algorithms of the max train time)."""
+    out = runs_df.copy()
+    out[M.LB_BUDGET_S], out[M.LB_ACC_AT_BUDGET] = math.nan, math.nan
+    fin = _finished(out)
+    for _, g in fin.groupby(GROUP):
+        budget = g.groupby(M.LB_ALGORITHM)[M.LB_ELAPSED].max().min()
+        out.loc[g.index, M.LB_BUDGET_S] = budget
+        out.loc[g.index, M.LB_ACC_AT_BUDGET] = [accuracy_at(c, budget) for c in g[M.LB_EVAL_CURVE]]
+    return out
+
+
+def accuracy_vs_lr(runs_df: pd.DataFrame) -> pd.DataFrame:
+    """One row per (suite, task, model, algorithm, lr): run counts, final accuracy mean and 95% CI over
+    seeds, best and equal-budget accuracy, median step times, provenance (LR_COLUMNS)."""
+    df = with_budget_accuracy(runs_df)
+    rows = []
+    for key, g in df.groupby([*GROUP, M.LB_ALGORITHM, M.LB_LR], dropna=False):
+        fin = _finished(g)
+        mean, lo, hi = t_interval(fin[M.LB_FINAL_ACC])
+        rows.append(dict(zip([*GROUP, M.LB_ALGORITHM, M.LB_LR], key)) | _counts(g) | {
+            M.LB_SEEDS: ",".join(str(s) for s in sorted(fin[M.LB_SEED])),
+            M.LB_ACC_MEAN: mean, M.LB_ACC_CI_LO: lo, M.LB_ACC_CI_HI: hi,
+            M.LB_BEST_ACC_MEAN: fin[M.LB_BEST_ACC].mean(), M.LB_BUDGET_S: fin[M.LB_BUDGET_S].max(),
+            M.LB_ACC_AT_BUDGET: fin[M.LB_ACC_AT_BUDGET].mean(), M.LB_UPDATE_S: fin[M.LB_UPDATE_S].median(),
+            M.LB_STEP_S: fin[M.LB_STEP_S].median(),
+        } | _provenance(g))
+    return pd.DataFrame(rows, columns=LR_COLUMNS)
+
+
+def paired_differences(runs_df: pd.DataFrame, baseline: str = REINFORCE, metric: str = M.LB_FINAL_ACC) -> pd.DataFrame:
+    """Per algorithm: mean and 95% CI of (algorithm - baseline) over finished runs paired by seed and lr."""
+    rows = []
+    for key, g in _finished(runs_df).groupby(GROUP):
+        base = g[g[M.LB_ALGORITHM] == baseline].set_index([M.LB_SEED, M.LB_LR])[metric]
+        for algo, a in g[g[M.LB_ALGORITHM] != baseline].groupby(M.LB_ALGORITHM):
+            pairs = a.set_index([M.LB_SEED, M.LB_LR])[metric].to_frame("x").join(base.rename("b"), how="inner")
+            diff = (pairs["x"] - pairs["b"]).dropna()
+            mean, lo, hi = t_interval(diff)
+            rows.append(dict(zip(GROUP, key)) | {M.LB_ALGORITHM: algo, M.LB_BASELINE: baseline, M.LB_N_PAIRS: len(diff),
+                                                 M.LB_DIFF_MEAN: mean, M.LB_DIFF_CI_LO: lo, M.LB_DIFF_CI_HI: hi})
+    return pd.DataFrame(rows, columns=DIFF_COLUMNS)
+
+
+def leaderboard(runs_df: pd.DataFrame, baseline: str = REINFORCE, threshold: float | None = None) -> pd.DataFrame:
+    """One row per (suite, task, model, algorithm) (BOARD_COLUMNS). Accuracy, CI, equal-budget accuracy and
+    steps to threshold are at the algorithm's best learning rate (highest mean final accuracy); the
+    threshold defaults to 90% of the best algorithm's mean final accuracy in the group."""
+    by_lr, runs = accuracy_vs_lr(runs_df), with_budget_accuracy(runs_df)
+    diffs = paired_differences(runs_df, baseline).set_index([*GROUP, M.LB_ALGORITHM])
+    rows = []
+    for key, group in runs.groupby(GROUP):
+        lr_rows = by_lr[(by_lr[GROUP] == pd.Series(key, index=GROUP)).all(axis=1)]
+        best_means = lr_rows.groupby(M.LB_ALGORITHM)[M.LB_ACC_MEAN].max()
+        thr = threshold if threshold is not None else 0.9 * best_means.max()
+        ref = _finished(group[group[M.LB_ALGORITHM] == REINFORCE])[M.LB_UPDATE_S].median()
+        for algo, g in group.groupby(M.LB_ALGORITHM):
+            row = _algorithm_row(g, lr_rows[lr_rows[M.LB_ALGORITHM] == algo], thr, ref)
+            diff = diffs.loc[(*key, algo)].to_dict() if (*key, algo) in diffs.index else {M.LB_N_PAIRS: 0}
+            rows.append(dict(zip(GROUP, key)) | {M.LB_ALGORITHM: algo, M.LB_BASELINE: baseline} | row
+                        | {c: diff.get(c, math.nan) for c in (M.LB_DIFF_MEAN, M.LB_DIFF_CI_LO, M.LB_DIFF_CI_HI)}
+                        | {M.LB_N_PAIRS: int(diff[M.LB_N_PAIRS])})
+    board = pd.DataFrame(rows, columns=BOARD_COLUMNS)
+    return board.sort_values([*GROUP, M.LB_ACC_MEAN], ascending=[True] * len(GROUP) + [False]).reset_index(drop=True)
+
+
+def _algorithm_row(g: pd.DataFrame, lr_rows: pd.DataFrame, threshold: float, reinforce_update_s: float) -> dict:
+    fin = _finished(g)
+    valid = lr_rows.dropna(subset=[M.LB_ACC_MEAN])
+    row = _counts(g) | _provenance(g) | {
+        M.LB_LRS_FINISHED: f"{len(valid)}/{len(lr_rows)}", M.LB_ROBUST_MEAN: valid[M.LB_ACC_MEAN].mean(),
+        M.LB_ROBUST_WORST: valid[M.LB_ACC_MEAN].min(), M.LB_THRESHOLD: threshold,
+        M.LB_UPDATE_S: fin[M.LB_UPDATE_S].median(), M.LB_STEP_S: fin[M.LB_STEP_S].median(),
+        M.LB_OVERHEAD: fin[M.LB_UPDATE_S].median() / reinforce_update_s,
+    }
+    if valid.empty:
+        return row
+    best = valid.loc[valid[M.LB_ACC_MEAN].idxmax()]
+    steps = [steps_to(c, threshold) for c in fin[fin[M.LB_LR] == best[M.LB_LR]][M.LB_EVAL_CURVE]]
+    reached = [s for s in steps if not math.isnan(s)]
+    return row | {c: best[c] for c in (M.LB_SEEDS, M.LB_ACC_MEAN, M.LB_ACC_CI_LO, M.LB_ACC_CI_HI, M.LB_BEST_ACC_MEAN,
+                                         M.LB_BUDGET_S, M.LB_ACC_AT_BUDGET)} | {
+        M.LB_BEST_LR: best[M.LB_LR], M.LB_STEPS_TO_THRESHOLD: float(np.mean(reached)) if reached else math.nan,
+        M.LB_THRESHOLD_REACHED: f"{len(reached)}/{len(steps)}",
+    }
+
+
+# ------------------------------------------------------------------------------------------------
+def _cell(value) -> str:
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "-"
+        return f"{value:.3g}" if value != 0 and (abs(value) < 1e-2 or abs(value) >= 1e4) else f"{value:.3f}"
+    text = str(value).replace("|", "\\|")
+    # Warm-start models are recorded by absolute path; the cache key at its end identifies them.
+    return ".../" + "/".join(text.split("/")[-2:]) if text.startswith("/") and len(text) > 40 else text
+
+
+def to_markdown(df: pd.DataFrame, columns: list[str] | None = None) -> str:
+    """A GitHub Markdown table (no `tabulate` dependency); NaN shows as `-`."""
+    df = df[[c for c in (columns or df.columns) if c in df.columns and c != M.LB_EVAL_CURVE]]
+    lines = ["| " + " | ".join(df.columns) + " |", "|" + "---|" * len(df.columns)]
+    lines += ["| " + " | ".join(_cell(v) for v in row) + " |" for row in df.itertuples(index=False)]
+    return "\n".join(lines)
+
+
+def main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="isopo-bench leaderboard", description="Aggregate runs from MLflow.")
+    p.add_argument("--suite", default=None, help="one suite version, NAME@vN (default: every suite, kept apart)")
+    p.add_argument("--experiment", default=None, help="MLflow experiment (default: all)")
+    p.add_argument("--tracking-uri", default="", help="default $MLFLOW_TRACKING_URI or sqlite:///mlflow.db")
+    p.add_argument("--baseline", default=REINFORCE, help="algorithm the paired differences are taken against")
+    p.add_argument("--threshold", type=float, default=None, help="accuracy for steps-to-threshold (default: 90%% of the best)")
+    p.add_argument("--csv", default="", help="write the full leaderboard as CSV")
+    p.add_argument("--markdown", default="", help="write the leaderboard and the per-LR table as Markdown")
+    args = p.parse_args(argv)
+    import os
+
+    uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
+    runs = load_runs(uri, args.experiment, args.suite)
+    board, by_lr = leaderboard(runs, args.baseline, args.threshold), accuracy_vs_lr(runs)
+    for suite, part in board.groupby(M.LB_SUITE):
+        print(f"\n## {suite or '(no suite)'}\n\n{to_markdown(part, DISPLAY_COLUMNS)}")
+    print("\n## accuracy by learning rate\n\n" + to_markdown(by_lr, [M.LB_SUITE, *LR_DISPLAY_COLUMNS]))
+    if args.csv:
+        board.to_csv(args.csv, index=False)
+    if args.markdown:
+        with open(args.markdown, "w") as fh:
+            fh.write(to_markdown(board) + "\n\n" + to_markdown(by_lr) + "\n")
+    return 0

@@ -1,0 +1,396 @@
+"""`isopo-bench suite NAME`: run a named suite (isopo_bench.suites), resumably, then print its leaderboard.
+
+Runs are identified by their config hash. Before anything runs, the MLflow experiment is read as the
+ledger: a run FINISHED there is not redone; a run whose folder exists (killed, crashed) is resumed from
+its checkpoint in the same MLflow run; a FAILED run is kept as a result (a diverged learning rate is one)
+unless --retry-failed. A failing run is recorded as FAILED and the suite goes on.
+
+With --workers N > 1 runs execute in N spawned processes with one torch thread each (two single-thread
+workers use two cores better than one two-thread run: the tiny model's ops are too small to split).
+Workers die with the runner (PR_SET_PDEATHSIG), so a killed suite never leaves a run training unseen.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures as cf
+import dataclasses
+import logging
+import multiprocessing
+import os
+import sys
+import time
+from pathlib import Path
+
+from isopo_bench.config import RunConfig, replace
+from isopo_bench.suites import SUITES, Suite, estimate_lines, get_suite, param_count
+
+log = logging.getLogger(__name__)
+GSM8K_ENV = "ISOPO_BENCH_GSM8K_DIR"
+
+
+@dataclasses.dataclass(frozen=True)
+class SuiteOptions:
+    tracking_uri: str = ""
+    """MLflow URI; empty = $MLFLOW_TRACKING_URI or sqlite:///mlflow.db."""
+    output_dir: str = "isopo_runs"
+    """Parent folder of the run folders (checkpoints)."""
+    experiment: str = "isopo-bench"
+    workers: int = 1
+    retry_failed: bool = False
+
+
+@dataclasses.dataclass
+class Outcome:
+    cfg: RunConfig
+    status: str
+    """FINISHED, FAILED, or SKIPPED-FINISHED / SKIPPED-FAILED for runs the ledger already held."""
+    seconds: float = 0.0
+    accuracy: float | None = None
+    error: str = ""
+
+
+# ------------------------------------------------------------------------------------------------
+def localise(suite: Suite, options: SuiteOptions, base: RunConfig | None = None) -> list[RunConfig]:
+    """The suite's configs writing to this machine's store and folders (none of these is in the hash
+    except the experiment name)."""
+    base = base or suite.base
+    base = replace(base, **{"tracking.uri": options.tracking_uri, "tracking.output_dir": options.output_dir,
+                            "tracking.experiment": options.experiment})
+    return suite.configs(base)
+
+
+def warm_start_base(suite: Suite, train: bool = True, threads: int = 1) -> tuple[RunConfig, Path | None]:
+    """The suite's base with model.init_from set to its warm start; (base, None) when it has none, or when
+    train=False and it is not cached yet. One warm start (seed 0) serves every seed of the suite, so
+    seeds vary the RL run only. It runs before the workers start, so it may use all their threads."""
+    if not suite.warm_start:
+        return suite.base, None
+    from isopo_bench.models import cache_root
+    from isopo_bench.warmstart import from_run_config, warm_start
+
+    ws_cfg = dataclasses.replace(from_run_config(replace(suite.base, seed=0)), threads=threads)
+    folder = cache_root() / "warmstart" / ws_cfg.key()  # the cache layout of warmstart.warm_start
+    if train:
+        folder = warm_start(ws_cfg)
+    elif not (folder / "warmstart.json").exists():
+        return suite.base, None
+    return replace(suite.base, **{"model.init_from": str(folder)}), folder
+
+
+def ledger(uri: str, experiment: str, label: str) -> dict[str, str]:
+    """config hash -> MLflow status of this suite's runs (FINISHED wins over any other record)."""
+    from mlflow.tracking import MlflowClient
+
+    from isopo_bench import metric_names as M
+    from isopo_bench.tracking import resolve_uri
+
+    uri = resolve_uri(uri)
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():
+        return {}  # nothing recorded yet; opening the store would create it (a dry run writes nothing)
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        return {}
+    out: dict[str, str] = {}
+    token = None
+    while True:
+        page = client.search_runs([exp.experiment_id], f"tags.{M.TAG_SUITE} = '{label}'", page_token=token)
+        for run in page:
+            key = run.data.tags.get(M.TAG_CONFIG_HASH, "")
+            out[key] = "FINISHED" if out.get(key) == "FINISHED" else run.info.status
+        token = page.token
+        if not token:
+            return out
+
+
+def prepare_store(uri: str, experiment: str) -> None:
+    """Create the store and the experiment once, here: workers creating a new SQLite store concurrently
+    race on its schema migration."""
+    from mlflow.tracking import MlflowClient
+
+    from isopo_bench.tracking import check_reachable, resolve_uri
+
+    uri = resolve_uri(uri)
+    check_reachable(uri)
+    client = MlflowClient(uri)
+    if client.get_experiment_by_name(experiment) is None:
+        client.create_experiment(experiment)
+
+
+def plan(configs: list[RunConfig], statuses: dict[str, str], retry_failed: bool) -> tuple[list, list[Outcome]]:
+    """(configs to run with their resume flag, outcomes of runs the ledger already settles)."""
+    from isopo_bench.run_store import RUN_INFO, run_dir_for
+
+    todo, settled = [], []
+    for cfg in configs:
+        status = statuses.get(cfg.config_hash())
+        if status == "FINISHED" or (status == "FAILED" and not retry_failed):
+            settled.append(Outcome(cfg, f"SKIPPED-{status}"))
+        else:
+            todo.append((cfg, (run_dir_for(cfg) / RUN_INFO).exists()))
+    return todo, settled
+
+
+# ------------------------------------------------------------------------------------------------
+def execute(cfg: RunConfig, resume: bool) -> Outcome:
+    """Train one run; any exception becomes a FAILED outcome (and a FAILED MLflow record)."""
+    from isopo_bench.trainer import train
+
+    start = time.perf_counter()
+    try:
+        result = train(cfg, resume=resume)
+    except Exception as exc:  # noqa: BLE001 - one bad run must not stop the suite
+        message = f"{type(exc).__name__}: {exc}"
+        _mark_failed(cfg, message)
+        return Outcome(cfg, "FAILED", time.perf_counter() - start, error=message)
+    return Outcome(cfg, result.status, time.perf_counter() - start, result.final_accuracy)
+
+
+def _mark_failed(cfg: RunConfig, message: str) -> None:
+    """The trainer marks failures inside its loop; one raised while loading or saving would leave the
+    MLflow run RUNNING (read as incomplete), so close it here."""
+    import json
+
+    from mlflow.tracking import MlflowClient
+
+    from isopo_bench import metric_names as M
+    from isopo_bench.run_store import RUN_INFO, run_dir_for
+
+    info = run_dir_for(cfg) / RUN_INFO
+    if not info.exists():
+        return
+    data = json.loads(info.read_text())
+    client = MlflowClient(data["tracking_uri"])
+    if client.get_run(data["run_id"]).info.status == "RUNNING":
+        client.set_tag(data["run_id"], M.TAG_STATUS_DETAIL, message[:4000])
+        client.set_terminated(data["run_id"], "FAILED")
+
+
+def _init_worker() -> None:
+    """Spawned worker: one thread, no per-run progress bars (the runner reports progress), and death
+    with the parent so a SIGKILLed suite leaves no orphan training a run."""
+    os.environ.update(OMP_NUM_THREADS="1", TQDM_DISABLE="1", HF_HUB_DISABLE_PROGRESS_BARS="1",
+                      TRANSFORMERS_VERBOSITY="error")
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG = 1
+        if os.getppid() == 1:  # the parent died before prctl took effect
+            os._exit(1)
+    import torch
+
+    torch.set_num_threads(1)
+
+
+class Progress:
+    """Log lines `[i/N] STATUS name ... ETA`, ETA from the mean time of runs executed so far."""
+
+    def __init__(self, total: int, settled: int):
+        self.total, self.done = total, settled
+        self.start, self.executed = time.perf_counter(), 0
+
+    def report(self, outcome: Outcome) -> None:
+        self.done += 1
+        self.executed += 1
+        elapsed = time.perf_counter() - self.start
+        remaining = self.total - self.done
+        eta = elapsed / self.executed * remaining  # wall time per run already reflects the parallelism
+        acc = "-" if outcome.accuracy is None else f"{outcome.accuracy:.3f}"
+        log.info("[%d/%d] %s %s (%s) acc %s in %.0f s; suite %s elapsed, ETA %s%s", self.done, self.total,
+                 outcome.status, outcome.cfg.tracking.run_name, outcome.cfg.config_hash(), acc, outcome.seconds,
+                 _hms(elapsed), _hms(eta), f": {outcome.error[:200]}" if outcome.error else "")
+
+
+def _hms(seconds: float) -> str:
+    m, s = divmod(int(seconds), 60)
+    return f"{m // 60}h{m % 60:02d}m" if m >= 60 else f"{m}m{s:02d}s"
+
+
+def execute_all(todo: list[tuple[RunConfig, bool]], workers: int, progress: Progress) -> list[Outcome]:
+    if workers <= 1:
+        out = []
+        for cfg, resume in todo:
+            out.append(execute(cfg, resume))
+            progress.report(out[-1])
+        return out
+    context = multiprocessing.get_context("spawn")  # fork after torch/OpenMP start-up is unsafe
+    outcomes = []
+    with cf.ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker) as pool:
+        futures = [pool.submit(execute, cfg, resume) for cfg, resume in todo]
+        try:
+            for future in cf.as_completed(futures):
+                outcomes.append(future.result())
+                progress.report(outcomes[-1])
+        except BaseException:
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+    return outcomes
+
+
+# ------------------------------------------------------------------------------------------------
+def run_suite(suite: Suite, options: SuiteOptions) -> list[Outcome]:
+    """Warm start (cached), read the ledger, run what is missing; returns one outcome per config."""
+    if suite.needs_gpu:
+        import torch
+
+        if not torch.cuda.is_available():
+            from isopo_bench.errors import IsopoBenchError
+
+            raise IsopoBenchError(f"suite `{suite.label}` needs a CUDA GPU. Fix: run it on a GPU machine, or "
+                                  "use --dry-run here to validate it and print the plan")
+    if suite.warm_start:
+        log.info("warm start of %s (cached after the first time) ...", suite.base.model.name_or_path)
+    base, folder = warm_start_base(suite, threads=max(options.workers, 1))
+    if folder:
+        log.info("warm start: %s", folder)
+    configs = localise(suite, options, base)
+    for cfg in configs:
+        cfg.validate()
+    prepare_store(options.tracking_uri, options.experiment)
+    todo, settled = plan(configs, ledger(options.tracking_uri, options.experiment, suite.label), options.retry_failed)
+    log.info("suite %s: %d runs, %d already settled, %d to run (%d resumed), %d worker(s)", suite.label,
+             len(configs), len(settled), len(todo), sum(r for _, r in todo), options.workers)
+    progress = Progress(len(configs), len(settled))
+    return settled + execute_all(todo, options.workers, progress)
+
+
+def print_report(suite: Suite, options: SuiteOptions, outcomes: list[Outcome], seconds: float) -> int:
+    from isopo_bench import leaderboard as lb
+    from isopo_bench.tracking import resolve_uri
+
+    failed = [o for o in outcomes if o.status in ("FAILED", "SKIPPED-FAILED")]
+    print(f"\nsuite {suite.label}: {len(outcomes)} runs, {len(failed)} failed; wall time {_hms(seconds)}")
+    for o in failed:
+        print(f"  FAILED {o.cfg.tracking.run_name} ({o.cfg.config_hash()}): {o.error or 'failed in an earlier session'}")
+    uri = resolve_uri(options.tracking_uri)
+    runs = lb.load_runs(uri, options.experiment, suite=suite.label)
+    by_lr, board = lb.accuracy_vs_lr(runs), lb.leaderboard(runs)
+    print(f"\nAccuracy by learning rate ({suite.label})\n" + lb.to_markdown(by_lr, lb.LR_DISPLAY_COLUMNS))
+    print(f"\nLeaderboard ({suite.label}; accuracy columns at each algorithm's best lr)\n"
+          + lb.to_markdown(board, lb.DISPLAY_COLUMNS))
+    out = Path(options.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    board.to_csv(out / f"leaderboard-{suite.label}.csv", index=False)
+    (out / f"leaderboard-{suite.label}.md").write_text(lb.to_markdown(board) + "\n\n" + lb.to_markdown(by_lr) + "\n")
+    print(f"\nwritten: {out / f'leaderboard-{suite.label}.csv'} and .md")
+    print(f"dashboard: MLFLOW_TRACKING_URI={uri} isopo-bench dashboard")
+    return 1 if failed else 0
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="isopo-bench suite", description=__doc__.split("\n")[0])
+    p.add_argument("name", help=f"suite name ({', '.join(SUITES)}), optionally NAME@vVERSION")
+    p.add_argument("--workers", type=int, default=1, help="parallel worker processes (one torch thread each)")
+    p.add_argument("--dry-run", action="store_true", help="validate, print the plan and a compute estimate")
+    p.add_argument("--tracking-uri", default="", help="MLflow URI (default $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
+    p.add_argument("--output-dir", default="isopo_runs", help="parent folder of the run folders")
+    p.add_argument("--experiment", default="isopo-bench", help="MLflow experiment")
+    p.add_argument("--data-dir", default="", help=f"GSM8K folder (sets ${GSM8K_ENV}; the config hash does not depend on it)")
+    p.add_argument("--retry-failed", action="store_true", help="run FAILED runs again (resuming from their checkpoint)")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str]) -> int:
+    """Exit code 0 when every run finished, 1 when any failed (the others still ran)."""
+    args = parse_args(argv)
+    if args.data_dir:
+        os.environ[GSM8K_ENV] = str(Path(args.data_dir).resolve())  # spawned workers inherit it
+    suite = get_suite(args.name)
+    options = SuiteOptions(args.tracking_uri, args.output_dir, args.experiment, args.workers, args.retry_failed)
+    if args.dry_run:
+        return dry_run(suite, options)
+    start = time.perf_counter()
+    outcomes = run_suite(suite, options)
+    return print_report(suite, options, outcomes, time.perf_counter() - start)
+
+
+# ------------------------------------------------------------------------------------------------
+def dry_run(suite: Suite, options: SuiteOptions) -> int:
+    """Validate everything checkable on this machine without training or downloading; print the plan
+    and a compute estimate. Exit code 1 when a problem was found."""
+    os.environ.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")  # a dry run never downloads
+    base, folder = warm_start_base(suite, train=False)
+    configs = localise(suite, options, base)
+    problems: list[str] = []
+    for cfg in configs:
+        try:
+            cfg.validate()
+        except Exception as exc:  # noqa: BLE001 - every problem is reported, not just the first
+            problems.append(str(exc))
+    first = configs[0]
+    model_line, params = _check_model(first)
+    print(f"suite {suite.label}: {suite.description}\n{len(configs)} runs = {len(suite.algorithms)} algorithms x "
+          f"{len(suite.lrs)} learning rates x {len(suite.seeds)} seeds")
+    checks = [_check_data(first, problems), model_line, _engine_line(first)]
+    if suite.warm_start:
+        checks.append(f"warm start: {'cached at ' + str(folder) if folder else 'not cached yet (trained first, once)'}")
+    print("checks:\n" + "\n".join(f"  {line}" for line in checks))
+    _print_plan(configs, options, suite.label)
+    print(suite.budget)
+    print("\n".join(estimate_lines(suite, configs, params)))
+    for p in dict.fromkeys(problems):
+        print(f"PROBLEM ({problems.count(p)} of {len(configs)} runs): {p}")
+    print(f"run count: {len(configs)}; {'valid' if not problems else f'{len(set(problems))} problem(s)'}")
+    return 1 if problems else 0
+
+
+def _check_data(cfg: RunConfig, problems: list[str]) -> str:
+    from isopo_bench.plugins import TASKS
+
+    try:
+        task = TASKS.get(cfg.task.name)(cfg.task, cfg.seed)
+        n_train, n_test = task.num_items("train"), task.num_items("test")
+    except Exception as exc:  # noqa: BLE001 - missing files, offline hub, malformed rows
+        problems.append(f"task `{cfg.task.name}` data: {exc}")
+        return f"task {cfg.task.name}: data NOT available ({exc})"
+    if n_test is not None and cfg.task.eval_items > n_test:
+        problems.append(f"task.eval_items {cfg.task.eval_items} > {n_test} test items")
+    where = cfg.task.data_dir or os.environ.get(GSM8K_ENV, "") if n_test is not None else "procedural"
+    return (f"task {cfg.task.name} ({where}): {n_train or 'unbounded'} train / {n_test or 'unbounded'} test items; "
+            f"evaluation on {cfg.task.eval_items}")
+
+
+def _check_model(cfg: RunConfig) -> tuple[str, float | None]:
+    """Model and tokenizer config when available offline, with the parameter count for the estimate."""
+    m = cfg.model
+    source = m.init_from or m.name_or_path
+    if source == "tiny":
+        return f"model: random tiny Qwen3 ({m.tiny_layers} layers, hidden {m.tiny_hidden_size}), built locally", None
+    from transformers import AutoConfig, AutoTokenizer
+
+    try:
+        c = AutoConfig.from_pretrained(source, local_files_only=True)
+        tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=True)
+    except (OSError, ValueError):
+        if Path(source).is_absolute() or source.startswith("."):
+            return f"model {source}: no such local folder (see the suite's description)", None
+        return f"model {source}: not available offline on this machine (the run loads it from the hub)", None
+    n = param_count(c)
+    template = "chat template present" if tokenizer.chat_template else "NO chat template (plain prompts)"
+    return (f"model {source}: {c.model_type}, {c.num_hidden_layers} layers, hidden {c.hidden_size}, "
+            f"~{n / 1e6:.0f}M params (excluding the input embedding); tokenizer {len(tokenizer)} tokens, {template}"), n
+
+
+def _engine_line(cfg: RunConfig) -> str:
+    r = cfg.rollout
+    line = (f"rollout: engine {r.engine}, {r.prompts_per_step} prompts x {r.samples_per_prompt} samples, <= "
+            f"{r.max_new_tokens} new tokens, temperature {r.temperature}")
+    if r.engine == "vllm":
+        v = r.vllm
+        max_len = v.max_model_len or r.max_prompt_tokens + max(r.max_new_tokens, cfg.eval.max_new_tokens)
+        line += (f"; vLLM dtype {v.dtype}, max_model_len {max_len}, gpu_memory_utilization {v.gpu_memory_utilization}, "
+                 f"enforce_eager {v.enforce_eager}, tensor_parallel {v.tensor_parallel_size}")
+    return line
+
+
+def _print_plan(configs: list[RunConfig], options: SuiteOptions, label: str) -> None:
+    try:
+        statuses = ledger(options.tracking_uri, options.experiment, label)
+    except Exception as exc:  # noqa: BLE001 - the plan is still worth printing
+        statuses = {}
+        print(f"(ledger not readable: {exc})")
+    print("plan:")
+    for i, cfg in enumerate(configs, 1):
+        print(f"  {i:>3}. {cfg.tracking.run_name:<32} {cfg.config_hash()}  {statuses.get(cfg.config_hash(), 'to run')}")

@@ -1,0 +1,239 @@
+"""Named, versioned benchmark suites: algorithms x learning rates x seeds on one shared base config.
+
+A suite is data. Every run of a suite is a RunConfig that differs from the suite's base only in the
+algorithm, the learning rate and the seed, and carries tracking.suite = "NAME@vVERSION" (part of the
+config hash), so runs are comparable only within one suite version. Bump `version` whenever anything
+in a suite definition changes what its runs compute.
+
+Runs are ordered seed-major (all algorithms and learning rates of seed 0, then seed 1, ...), so an
+interrupted suite already holds complete comparisons for its first seeds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from isopo_bench.config import (
+    EvalConfig, ModelConfig, OptimConfig, RolloutConfig, RunConfig, TaskConfig, TrackingConfig, replace,
+)
+from isopo_bench.errors import UnknownNameError
+from isopo_bench.presets import algorithm_preset, run_preset
+
+FIVE_ALGORITHMS = ("reinforce", "grpo", "cispo", "isopo", "isopo-interacting")
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """Throughput assumptions behind a suite's compute estimate (stated, not measured)."""
+
+    device: str
+    """The machine the numbers assume."""
+    params: float
+    """Policy parameters N (used when the model's config is not available locally)."""
+    prompt_tokens: float
+    """Mean prompt length in tokens (chat template included)."""
+    completion_tokens: float
+    """Assumed mean completion length (max_new_tokens is the upper bound)."""
+    generate_tokens_per_s: float
+    """Rollout engine output tokens per second at the suite's batch size."""
+    train_flops_per_s: float
+    """Achieved training FLOP/s (6N per token, 8N with gradient checkpointing)."""
+
+
+@dataclass(frozen=True)
+class Suite:
+    name: str
+    version: int
+    description: str
+    base: RunConfig
+    algorithms: tuple[str, ...]
+    """Algorithm preset names (isopo_bench.presets.ALGORITHM_PRESETS)."""
+    lrs: tuple[float, ...]
+    seeds: tuple[int, ...]
+    warm_start: bool = False
+    """Start every run from the cached SFT warm start of the base model (isopo_bench.warmstart)."""
+    budget: str = ""
+    """The arithmetic behind steps, batch and evaluation cadence."""
+    estimate: Estimate | None = None
+    needs_gpu: bool = False
+    """Planned for a GPU: the runner refuses to execute it without CUDA (the dry run still works)."""
+
+    @property
+    def label(self) -> str:
+        return f"{self.name}@v{self.version}"
+
+    def configs(self, base: RunConfig | None = None) -> list[RunConfig]:
+        """One config per (seed, algorithm, lr), seed-major; `base` replaces the suite's base (e.g. with
+        the warm-start folder or local tracking settings filled in)."""
+        base = replace(base or self.base, **{"tracking.suite": self.label})
+        out = []
+        for seed in self.seeds:
+            for algo in self.algorithms:
+                for lr in self.lrs:
+                    run_name = f"{algo}-lr{lr:g}-s{seed}"
+                    out.append(replace(base, algorithm=algorithm_preset(algo), seed=seed,
+                                       **{"optim.lr": lr, "tracking.run_name": run_name}))
+        return out
+
+
+def _smoke() -> Suite:
+    base = replace(
+        run_preset("tiny-smoke"),
+        optim=OptimConfig(steps=4, lr=1e-3, microbatch_size=4),
+        eval=EvalConfig(every=2),
+        tracking=TrackingConfig(checkpoint_every=2),
+        threads=1,
+    )
+    return Suite(
+        name="smoke", version=1, base=base, algorithms=("reinforce", "grpo"), lrs=(1e-3,), seeds=(0, 1),
+        description="Tests and first contact: the random tiny model (no warm start), 2 algorithms x 2 seeds, 4 steps.",
+        budget="4 steps of 4x4 samples, 16 eval items at steps 0, 2, 4: a few seconds per run.",
+    )
+
+
+QUICK_BUDGET = """\
+Budget: 15 minutes of wall clock on 2 CPU cores, warm start included = 1800 core-seconds.
+Measured on this machine (tiny Qwen3, 0.66M parameters, one torch thread per run, 2 workers):
+  warm start (SFT to sampled accuracy >= 0.25, once, cached)        ~ see QUICK_WARM_START_S
+  one training step, 8 prompts x 8 samples, <= 40 new tokens         ~ 0.3 s REINFORCE, more for ISOPO
+  one greedy evaluation of 512 held-out items                        ~ QUICK_EVAL_S
+Grid: 5 algorithms x 3 learning rates (5e-5, 1.5e-4, 4.5e-4: 9x, bracketing REINFORCE's good 1e-4 and
+its degrading >= 2e-4) x 3 seeds = 45 runs."""
+
+
+def _quick() -> Suite:
+    base = replace(
+        run_preset("cpu-tier"),
+        optim=OptimConfig(steps=60, lr=1e-4, microbatch_size=8),
+        eval=EvalConfig(every=20, at_start=True),
+        tracking=TrackingConfig(checkpoint_every=20),
+        threads=1,
+    )
+    return Suite(
+        name="quick", version=1, base=base, algorithms=FIVE_ALGORITHMS, lrs=(5e-5, 1.5e-4, 4.5e-4),
+        seeds=(0, 1, 2), warm_start=True, budget=QUICK_BUDGET,
+        description="The CPU tier: warm-started tiny Qwen3 on 3-term arithmetic, 5 algorithms x 3 LRs x 3 seeds.",
+    )
+
+
+def _smollm2_model() -> str:
+    """The folder `isopo-bench convert-smollm2` writes (not converted here: defining a suite is free)."""
+    from isopo_bench.models import cache_root
+    from isopo_bench.smollm2 import FOLDER_NAME
+
+    return str(cache_root() / "models" / FOLDER_NAME)
+
+
+SMOLLM2_BUDGET = """\
+Target: about 1 hour on 2 CPU cores (not measured; estimated from FLOPs). SmolLM2-135M: one step of
+4 prompts x 4 samples, ~20 prompt + <= 24 new tokens = ~700 trained tokens x 6 x 135M = 0.6 TFLOP,
+~10 s at ~60 GFLOP/s per core, plus ~5 s of sampling: ~15 s/step. 5 algorithms x 30 steps x 15 s =
+38 core-minutes; + 2 evaluations of 128 items per run (~1 min each) = ~48 core-minutes; 2 workers: ~30-60 min."""
+
+
+def _smollm2() -> Suite:
+    base = RunConfig(
+        model=ModelConfig(name_or_path=_smollm2_model()),
+        task=TaskConfig(name="arithmetic", params=("num_terms=2", "max_operand=20"), eval_items=128),
+        rollout=RolloutConfig(prompts_per_step=4, samples_per_prompt=4, max_new_tokens=24, generation_batch_size=16),
+        optim=OptimConfig(steps=30, lr=1e-5, microbatch_size=4),
+        eval=EvalConfig(every=0, at_start=True),
+        tracking=TrackingConfig(checkpoint_every=5),
+        threads=1,
+    )
+    return Suite(
+        name="smollm2", version=1, base=base, algorithms=FIVE_ALGORITHMS, lrs=(1e-5,), seeds=(0,),
+        description="SmolLM2-135M-Instruct on easy 2-term arithmetic: a real small LM on a CPU in about an hour "
+                    "(run `isopo-bench convert-smollm2` once first).",
+        budget=SMOLLM2_BUDGET,
+    )
+
+
+PAPER_ESTIMATE = Estimate(
+    device="1x H100 80GB", params=0.6e9, prompt_tokens=130, completion_tokens=400,
+    generate_tokens_per_s=10_000, train_flops_per_s=150e12,
+)
+PAPER_BUDGET = """\
+The paper's GSM8K run (ALGORITHMS.md section 6): Qwen3-0.6B, 102 steps of 128 prompts x 8 samples,
+2 minibatches, lr 2e-6, evaluation of all 1319 test items every 5 steps. One seed, one learning rate per
+algorithm, as in the paper. Assumptions (stated, not measured): vLLM in eager mode colocated at 40% GPU
+memory generates ~10k tokens/s on an H100; training with gradient checkpointing costs 8N FLOPs per token
+at ~150 TFLOP/s (15% of bf16 peak); mean completion ~400 tokens (upper bound 2048)."""
+
+
+def _paper() -> Suite:
+    return Suite(
+        name="paper", version=1, base=run_preset("paper"), algorithms=FIVE_ALGORITHMS, lrs=(2e-6,), seeds=(0,),
+        description="The paper's GSM8K run on Qwen3-0.6B with vLLM (GPU), for the five algorithms.",
+        budget=PAPER_BUDGET, estimate=PAPER_ESTIMATE, needs_gpu=True,
+    )
+
+
+SUITES = {"smoke": _smoke, "quick": _quick, "smollm2": _smollm2, "paper": _paper}
+
+
+def get_suite(name: str) -> Suite:
+    """A suite by name; `NAME@vN` is accepted and must match the current version."""
+    base, _, version = name.partition("@v")
+    if base not in SUITES:
+        raise UnknownNameError(f"unknown suite `{name}`. Known suites: {', '.join(SUITES)}")
+    suite = SUITES[base]()
+    if version and version != str(suite.version):
+        raise UnknownNameError(f"suite `{base}` is at version {suite.version}, not {version}; run `{suite.label}`")
+    return suite
+
+
+def evaluations_per_run(cfg: RunConfig) -> int:
+    """Greedy evaluations a run performs (the trainer's schedule: start, every `every` steps, the last)."""
+    steps, every = cfg.optim.steps, cfg.eval.every
+    periodic = steps // every + (1 if steps % every else 0) if every > 0 else 1
+    return periodic + int(cfg.eval.at_start)
+
+
+def compute_estimate(cfg: RunConfig, est: Estimate, params: float | None, needs_old_logp: bool) -> dict[str, float]:
+    """Tokens generated and trained per run and rough device-hours under the suite's stated assumptions."""
+    r, o = cfg.rollout, cfg.optim
+    n = params or est.params
+    seqs = o.steps * r.prompts_per_step * r.samples_per_prompt
+    eval_tokens = evaluations_per_run(cfg) * cfg.task.eval_items * est.completion_tokens
+    trained = seqs * (est.prompt_tokens + est.completion_tokens) * o.epochs
+    # forward + backward = 6N per token; gradient checkpointing reruns the forward (+2N); a pi_old or
+    # reference forward costs 2N per token of the batch once per step.
+    per_token = (8 if cfg.model.gradient_checkpointing else 6) * n
+    extra = 2 * n * seqs * (est.prompt_tokens + est.completion_tokens) * (int(needs_old_logp) + int(cfg.algorithm.kl_coef > 0))
+    generated = seqs * est.completion_tokens + eval_tokens
+    hours = (generated / est.generate_tokens_per_s + (trained * per_token + extra) / est.train_flops_per_s) / 3600
+    return {"sequences": seqs, "generated_tokens": generated, "generated_tokens_max": seqs * r.max_new_tokens
+            + evaluations_per_run(cfg) * cfg.task.eval_items * (cfg.eval.max_new_tokens or r.max_new_tokens),
+            "trained_tokens": trained, "train_flops": trained * per_token + extra, "device_hours": hours}
+
+
+def param_count(c) -> float:
+    """Parameters that cost FLOPs per token: attention, MLP and the LM head (the embedding lookup is free)."""
+    head = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+    kv = getattr(c, "num_key_value_heads", None) or c.num_attention_heads
+    attn = 2 * c.hidden_size * head * c.num_attention_heads + 2 * c.hidden_size * head * kv
+    return float(c.num_hidden_layers * (attn + 3 * c.hidden_size * c.intermediate_size) + c.vocab_size * c.hidden_size)
+
+
+def estimate_lines(suite: Suite, configs: list[RunConfig], params: float | None) -> list[str]:
+    """The per-run plan and, for suites with stated throughput assumptions, tokens and device-hours."""
+    from isopo_bench.plugins import ALGORITHMS
+
+    cfg = configs[0]
+    lines = [f"per run: {cfg.optim.steps} steps x {cfg.rollout.prompts_per_step * cfg.rollout.samples_per_prompt} "
+             f"sequences, {evaluations_per_run(cfg)} evaluations of {cfg.task.eval_items} items"]
+    if suite.estimate is None:
+        return lines
+    total = 0.0
+    for cfg in configs:
+        e = compute_estimate(cfg, suite.estimate, params, ALGORITHMS.get(cfg.algorithm.name).needs_old_logp)
+        total += e["device_hours"]
+        lines.append(f"  {cfg.tracking.run_name:<32} generate {e['generated_tokens'] / 1e6:.1f}M tokens (at most "
+                     f"{e['generated_tokens_max'] / 1e6:.0f}M), train {e['trained_tokens'] / 1e6:.1f}M tokens = "
+                     f"{e['train_flops']:.2e} FLOPs, ~{e['device_hours']:.1f} h")
+    lines.append(f"compute estimate: ~{total:.0f} GPU-hours on {suite.estimate.device} for {len(configs)} runs "
+                 f"(assumes {suite.estimate.generate_tokens_per_s:,.0f} generated tokens/s and "
+                 f"{suite.estimate.train_flops_per_s / 1e12:.0f} TFLOP/s training; ISOPO's update overhead over "
+                 "REINFORCE is not included: measure it with `isopo-bench overhead`)")
+    return lines

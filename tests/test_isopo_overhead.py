@@ -1,0 +1,35 @@
+"""The overhead benchmark runs every registered algorithm on identical batches and reports ratios to
+REINFORCE (timing claims themselves live in the benchmark's output, not in tests)."""
+
+from __future__ import annotations
+
+import torch
+
+from isopo_bench.overhead import Shape, main, markdown_table, run_overhead, variants
+from isopo_bench.plugins import ALGORITHMS
+
+torch.set_num_threads(1)
+MICRO = Shape("micro", 64, 96, 2, 1, 32, 1, 50, 12, 2, microbatches=2, num_probes=5)
+
+
+def test_every_algorithm_is_timed_against_reinforce():
+    rows = run_overhead([MICRO], repeats=1, warmup=0)
+    labels = {r["algorithm"] for r in rows}
+    expected = {label for label, _, _ in variants(ALGORITHMS.names(), faithful=True)}
+    assert labels == expected
+    assert {"isopo (fast)", "isopo (faithful)", "isopo-interacting (fast)", "isopo-interacting (faithful)"} <= labels
+    base = next(r for r in rows if r["algorithm"] == "reinforce")
+    assert base["ratio"] == 1.0
+    for r in rows:
+        assert r["median_s"] > 0 and abs(r["ratio"] - r["median_s"] / base["median_s"]) < 1e-12
+    table = markdown_table(rows)
+    assert table.count("\n") == len(rows) + 1 and "| micro | 12 | 2 | 64 | 5 | reinforce |" in table
+
+
+def test_cli_prints_the_table(capsys, monkeypatch):
+    from isopo_bench import overhead
+
+    monkeypatch.setitem(overhead.SUITES, "tiny", (lambda: [MICRO], ["reinforce", "isopo"], False))
+    assert main(["--suite", "tiny", "--repeats", "1", "--warmup", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "| micro | 12 | 2 | 64 | 5 | isopo (fast) |" in out and "faithful" not in out

@@ -1,0 +1,230 @@
+"""The leaderboard against hand computation: on a store of real tiny runs (finished, failed and
+incomplete) read back independently through MlflowClient, and on a hand-made table."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import statistics
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+
+from conftest import smoke_config
+from isopo_bench import leaderboard as lb
+from isopo_bench import metric_names as M
+from isopo_bench.config import replace
+from isopo_bench.errors import NonFiniteError
+from isopo_bench.plugins import TASKS
+from isopo_bench.trainer import Trainer, train
+
+Arithmetic = TASKS.get("arithmetic")
+
+
+class CoinArithmetic(Arithmetic):
+    """Arithmetic prompts scored by a hash coin of the completion: the random tiny model earns reward
+    about half the time, so runs train, and their accuracies differ across seeds and learning rates."""
+
+    scorer_version = "coin-1"
+
+    def score(self, item, completion: str) -> float:
+        return float(hashlib.sha256((item.question + completion).encode()).digest()[0] % 2)
+
+    def score_details(self, item, completion: str) -> dict[str, float]:
+        return {}
+
+
+if "coin-arithmetic" not in TASKS.names():
+    TASKS.register("coin-arithmetic")(CoinArithmetic)
+
+ALGOS, LRS, SEEDS = ("reinforce", "grpo"), (1e-3, 3e-3), (0, 1)
+
+
+def run_config(root, algo: str, lr: float, seed: int):
+    cfg = smoke_config(root, seed=seed, **{"algorithm.name": algo, "optim.lr": lr, "optim.steps": 2,
+                                           "eval.every": 1, "task.name": "coin-arithmetic", "task.eval_items": 16,
+                                           "rollout.prompts_per_step": 2, "rollout.max_new_tokens": 12,
+                                           "tracking.suite": "lb-test@v1", "tracking.log_samples": 0})
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """8 finished runs (2 algorithms x 2 lrs x 2 seeds), one FAILED (NaN guard at lr 1e30) and one that
+    never finished (RUNNING), all in one suite."""
+    root = tmp_path_factory.mktemp("lb")
+    for algo in ALGOS:
+        for lr in LRS:
+            for seed in SEEDS:
+                train(run_config(root, algo, lr, seed))
+    failing = replace(run_config(root, "reinforce", 1e30, 0), **{"optim.grad_clip": 0.0})
+    with pytest.raises(NonFiniteError):
+        Trainer(failing).run()
+    incomplete = Trainer(run_config(root, "grpo", 1e-3, 2))  # as if killed after its first evaluation
+    incomplete.store.start(incomplete.task, {})
+    incomplete._evaluate(step=0)
+    return run_config(root, "reinforce", 1e-3, 0).tracking.uri
+
+
+def mlflow_truth(uri: str) -> dict:
+    """Per finished run, straight from MlflowClient: (algo, lr, seed) -> final accuracy, update-time
+    median, train time and the eval curve (step, elapsed, accuracy)."""
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("isopo-bench")
+    out = {}
+    for run in client.search_runs([exp.experiment_id], "attributes.status = 'FINISHED'"):
+        hist = lambda k: sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, k))
+        elapsed = dict(hist(M.TIME_ELAPSED)) | {0: 0.0}
+        key = (run.data.tags[M.TAG_ALGORITHM], float(run.data.tags[M.TAG_LR]), int(run.data.tags[M.TAG_SEED]))
+        out[key] = dict(acc=run.data.metrics[M.FINAL_ACCURACY], update=statistics.median(v for _, v in hist(M.TIME_UPDATE)),
+                        elapsed=max(elapsed.values()), curve=[(s, elapsed[s], a) for s, a in hist(M.EVAL_ACCURACY)])
+    return out
+
+
+def ci(values: list[float], t: float) -> tuple[float, float, float]:
+    mean = sum(values) / len(values)
+    half = t * statistics.stdev(values) / math.sqrt(len(values))
+    return mean, mean - half, mean + half
+
+
+def test_load_runs_reads_every_run_with_its_status(store):
+    runs = lb.load_runs(store, "isopo-bench", suite="lb-test@v1")
+    assert len(runs) == 10 and runs[M.LB_CONFIG_HASH].is_unique
+    assert (runs[M.LB_STATUS] == "FINISHED").sum() == 8
+    assert runs[runs[M.LB_LR] == 1e30][M.LB_STATUS].tolist() == ["FAILED"]
+    assert (runs[M.LB_STATUS] == "RUNNING").sum() == 1
+    finished = runs[runs[M.LB_STATUS] == "FINISHED"]
+    assert finished[M.LB_STEPS].tolist() == [2] * 8 and finished[M.LB_PLANNED_STEPS].tolist() == [2] * 8
+    assert all(len(c) == 3 for c in finished[M.LB_EVAL_CURVE])  # evaluations at steps 0, 1, 2
+    assert lb.load_runs(store, "isopo-bench", suite="other@v1").empty
+
+
+def test_accuracy_vs_lr_matches_hand_computation(store):
+    truth = mlflow_truth(store)
+    accs = [v["acc"] for v in truth.values()]
+    assert len(set(accs)) > 2, "the coin task must give runs different accuracies for this test to mean anything"
+    by_lr = lb.accuracy_vs_lr(lb.load_runs(store, suite="lb-test@v1")).set_index([M.LB_ALGORITHM, M.LB_LR])
+    budget = min(max(v["elapsed"] for k, v in truth.items() if k[0] == a) for a in ALGOS)
+    for algo in ALGOS:
+        for lr in LRS:
+            values = [truth[(algo, lr, s)]["acc"] for s in SEEDS]
+            row = by_lr.loc[(algo, lr)]
+            # two seeds: df = 1, t_{0.975,1} = 12.706205; the incomplete grpo seed 2 is not averaged in
+            assert (row[M.LB_ACC_MEAN], row[M.LB_ACC_CI_LO], row[M.LB_ACC_CI_HI]) == pytest.approx(ci(values, 12.706205))
+            assert row[M.LB_N_FINISHED] == 2 and row[M.LB_SEEDS] == "0,1"
+            assert row[M.LB_N_INCOMPLETE] == (1 if (algo, lr) == ("grpo", 1e-3) else 0)
+            at_budget = [[a for _, t, a in truth[(algo, lr, s)]["curve"] if t <= budget][-1] for s in SEEDS]
+            assert row[M.LB_ACC_AT_BUDGET] == pytest.approx(sum(at_budget) / 2)
+            assert row[M.LB_BUDGET_S] == pytest.approx(budget)
+    failed = by_lr.loc[("reinforce", 1e30)]
+    assert (failed[M.LB_N_FINISHED], failed[M.LB_N_FAILED]) == (0, 1) and math.isnan(failed[M.LB_ACC_MEAN])
+
+
+def test_leaderboard_matches_hand_computation(store):
+    truth = mlflow_truth(store)
+    board = lb.leaderboard(lb.load_runs(store, suite="lb-test@v1"), baseline="reinforce").set_index(M.LB_ALGORITHM)
+    mean_at = {(a, lr): statistics.mean(truth[(a, lr, s)]["acc"] for s in SEEDS) for a in ALGOS for lr in LRS}
+    update = {a: statistics.median(v["update"] for k, v in truth.items() if k[0] == a) for a in ALGOS}
+    for algo in ALGOS:
+        row = board.loc[algo]
+        means = [mean_at[(algo, lr)] for lr in LRS]
+        assert row[M.LB_ROBUST_MEAN] == pytest.approx(sum(means) / 2)
+        assert row[M.LB_ROBUST_WORST] == pytest.approx(min(means))
+        best_lr = LRS[means.index(max(means))]
+        assert row[M.LB_BEST_LR] == best_lr
+        expected = ci([truth[(algo, best_lr, s)]["acc"] for s in SEEDS], 12.706205)
+        assert (row[M.LB_ACC_MEAN], row[M.LB_ACC_CI_LO], row[M.LB_ACC_CI_HI]) == pytest.approx(expected)
+        assert row[M.LB_UPDATE_S] == pytest.approx(update[algo])
+        assert row[M.LB_OVERHEAD] == pytest.approx(update[algo] / update["reinforce"])
+        assert row[M.LB_COMMITS] and len(row[M.LB_CONFIG_HASHES].split(",")) == 5
+    assert (board.loc["reinforce", M.LB_N_FAILED], board.loc["reinforce", M.LB_LRS_FINISHED]) == (1, "2/3")
+    assert (board.loc["grpo", M.LB_N_INCOMPLETE], board.loc["grpo", M.LB_LRS_FINISHED]) == (1, "2/2")
+    # paired by (seed, lr): 4 pairs, df = 3, t_{0.975,3} = 3.182446
+    diffs = [truth[("grpo", lr, s)]["acc"] - truth[("reinforce", lr, s)]["acc"] for lr in LRS for s in SEEDS]
+    assert board.loc["grpo", M.LB_N_PAIRS] == 4
+    got = (board.loc["grpo", M.LB_DIFF_MEAN], board.loc["grpo", M.LB_DIFF_CI_LO], board.loc["grpo", M.LB_DIFF_CI_HI])
+    if statistics.stdev(diffs) > 0:
+        assert got == pytest.approx(ci(diffs, 3.182446))
+    else:
+        assert got[0] == pytest.approx(statistics.mean(diffs))
+
+
+def test_leaderboard_cli_exports_csv_and_markdown(store, tmp_path, capsys):
+    csv, md = tmp_path / "board.csv", tmp_path / "board.md"
+    assert lb.main(["--tracking-uri", store, "--suite", "lb-test@v1", "--csv", str(csv), "--markdown", str(md)]) == 0
+    exported = pd.read_csv(csv)
+    board = lb.leaderboard(lb.load_runs(store, suite="lb-test@v1"))
+    assert exported[M.LB_ALGORITHM].tolist() == board[M.LB_ALGORITHM].tolist()
+    assert exported[M.LB_ACC_MEAN].tolist() == pytest.approx(board[M.LB_ACC_MEAN].tolist())
+    lines = md.read_text().splitlines()
+    assert sum(line.startswith("| lb-test@v1 |") for line in lines) == 2 + 5  # 2 algorithms, 5 (algorithm, lr) rows
+    assert M.LB_CONFIG_HASHES in lines[0]
+    assert "lb-test@v1" in capsys.readouterr().out
+
+
+def test_dashboard_api_does_not_import_torch(store):
+    code = ("import sys; from isopo_bench import leaderboard as lb; "
+            f"df = lb.leaderboard(lb.load_runs({store!r})); "
+            "print(len(df), 'torch' in sys.modules, 'isopo_bench.trainer' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["2", "False", "False"]
+
+
+# ------------------------------------------------------------------------------------------------
+def curve(*points):
+    return list(points)
+
+
+def hand_table() -> pd.DataFrame:
+    """Two algorithms x two lrs x three seeds with known accuracies; one extra FAILED run."""
+    rows = []
+    acc = {("reinforce", 1e-4): [0.40, 0.50, 0.60], ("reinforce", 3e-4): [0.10, 0.20, 0.30],
+           ("isopo", 1e-4): [0.50, 0.55, 0.60], ("isopo", 3e-4): [0.45, 0.50, 0.65]}
+    for (algo, lr), values in acc.items():
+        for seed, a in enumerate(values):
+            total = 10.0 if algo == "reinforce" else 20.0
+            rows.append({M.LB_STATUS: "FINISHED", M.LB_ALGORITHM: algo, M.LB_LR: lr, M.LB_SEED: seed, M.LB_FINAL_ACC: a,
+                         M.LB_BEST_ACC: a + 0.05, M.LB_ELAPSED: total, M.LB_UPDATE_S: 1.0 if algo == "reinforce" else 1.5,
+                         M.LB_STEP_S: 2.0, M.LB_EVAL_CURVE: curve((0, 0.0, 0.1), (5, total / 2, a / 2), (10, total, a)),
+                         M.LB_COMMIT: "abc", M.LB_CONFIG_HASH: f"{algo}{lr}{seed}", M.LB_MACHINE: "m"})
+    rows.append(rows[0] | {M.LB_STATUS: "FAILED", M.LB_SEED: 3, M.LB_FINAL_ACC: 0.99, M.LB_CONFIG_HASH: "failed"})
+    df = pd.DataFrame(rows)
+    for col in lb.GROUP:
+        df[col] = "x"
+    return df
+
+
+def test_aggregates_on_a_hand_made_table():
+    board = lb.leaderboard(hand_table()).set_index(M.LB_ALGORITHM)
+    t2 = 4.302653  # t_{0.975, 2}
+    r, i = board.loc["reinforce"], board.loc["isopo"]
+    assert (r[M.LB_N_FINISHED], r[M.LB_N_FAILED]) == (6, 1)  # the failed 0.99 is counted, not averaged
+    assert (r[M.LB_ROBUST_MEAN], r[M.LB_ROBUST_WORST], r[M.LB_BEST_LR]) == pytest.approx((0.35, 0.2, 1e-4))
+    assert (r[M.LB_ACC_MEAN], r[M.LB_ACC_CI_LO], r[M.LB_ACC_CI_HI]) == pytest.approx((0.5, 0.5 - t2 * 0.1 / 3**0.5, 0.5 + t2 * 0.1 / 3**0.5))
+    assert (i[M.LB_ROBUST_MEAN], i[M.LB_ROBUST_WORST], i[M.LB_BEST_LR]) == pytest.approx(((0.55 + 1.6 / 3) / 2, 1.6 / 3, 1e-4))
+    # equal budget = reinforce's 10 s: isopo is scored at its step-5 evaluation (half its accuracy)
+    assert r[M.LB_BUDGET_S] == 10.0 and r[M.LB_ACC_AT_BUDGET] == pytest.approx(0.5)
+    assert i[M.LB_ACC_AT_BUDGET] == pytest.approx(0.55 / 2)
+    # threshold = 0.9 * 0.55 = 0.495: reinforce seeds reach it at step 10 except seed 0 (0.40), isopo at 10
+    assert r[M.LB_THRESHOLD] == pytest.approx(0.495)
+    assert (r[M.LB_STEPS_TO_THRESHOLD], r[M.LB_THRESHOLD_REACHED]) == (10.0, "2/3")
+    assert i[M.LB_OVERHEAD] == pytest.approx(1.5) and r[M.LB_OVERHEAD] == 1.0
+    # paired by (seed, lr): differences 0.1, 0.05, 0, 0.35, 0.3, 0.35
+    d = [0.1, 0.05, 0.0, 0.35, 0.3, 0.35]
+    assert i[M.LB_N_PAIRS] == 6
+    assert (i[M.LB_DIFF_MEAN], i[M.LB_DIFF_CI_LO], i[M.LB_DIFF_CI_HI]) == pytest.approx(ci(d, 2.570582))
+
+
+@pytest.mark.parametrize("df,expected", [(1, 12.706205), (2, 4.302653), (10, 2.228139), (30, 2.042272),
+                                         (40, 2.021075), (60, 2.000298), (120, 1.979930)])
+def test_t_quantiles(df, expected):
+    assert lb.t975(df) == pytest.approx(expected, abs=2e-6)
+
+
+def test_markdown_table():
+    df = pd.DataFrame({"a": ["x|y", "/very/long/cache/path/warmstart/0123456789ab"], "b": [0.5, math.nan], "c": [3, 4]})
+    assert lb.to_markdown(df).splitlines() == [
+        "| a | b | c |", "|---|---|---|", "| x\\|y | 0.500 | 3 |", "| .../warmstart/0123456789ab | - | 4 |"]
