@@ -237,16 +237,20 @@ class RunConfig:
         return dataclasses.asdict(self)
 
     def config_hash(self) -> str:
-        """Identity of the experiment: everything except where results are written."""
-        d = self.to_dict()
-        for key in ("uri", "run_name", "output_dir", "checkpoint_every", "log_samples"):
-            d["tracking"].pop(key)
-        d.pop("threads")
-        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
+        return experiment_hash(self.to_dict())
 
     def validate(self) -> "RunConfig":
         validate_run_config(self)
         return self
+
+
+def experiment_hash(config: dict) -> str:
+    """Identity of an experiment: every setting except where results are written and thread counts."""
+    d = json.loads(json.dumps(config))
+    for key in ("uri", "run_name", "output_dir", "checkpoint_every", "log_samples"):
+        d["tracking"].pop(key, None)
+    d.pop("threads", None)
+    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
 
 
 def replace(cfg, **changes):
@@ -298,6 +302,8 @@ def validate_run_config(cfg: RunConfig) -> None:
     # Imports here: the registries import plug-in modules, which import this module.
     from isopo_bench.plugins import ADVANTAGES, ALGORITHMS, ENGINES, TASKS
     from isopo_bench.errors import UnknownNameError
+
+    from isopo_bench.control.config import check_gradient_signal
 
     check_gradient_signal(cfg.algorithm.name, cfg.task.name)
     for field_name, registry, name in (
@@ -363,77 +369,3 @@ class NpgConfig:
     mean score, `all` = all sequences (= isopo-interacting)."""
     damping: float = 1.0
     """c: lambda = c * EMA[tr K / B] (mean squared per-sequence layer-gradient norm), as interacting ISOPO."""
-
-
-@dataclass(frozen=True)
-class ControlConfig:
-    env: str = "point-mass"
-    """Registered control task (isopo_bench.control.CONTROL_TASKS): `point-mass` or `pendulum`."""
-    num_envs: int = 64
-    """Trajectories per iteration (they play the role of sequences)."""
-    horizon: int = 0
-    """Steps per trajectory; 0 = the task's own (point mass 50, pendulum 100)."""
-    hidden: int = 64
-    """Width of the Gaussian MLP policy's two hidden layers."""
-    init_log_std: float = 0.0
-    """Initial log standard deviation of the policy's actions."""
-    entropy_coef: float = 1e-3
-    """Entropy bonus coefficient (pathwise methods: bptt, rpo)."""
-    kl_coef: float = 0.1
-    """RPO: coefficient of KL(pi_old || pi_theta), applied from the second epoch."""
-    band_low: float = 0.8
-    """RPO: the band mask keeps steps with 1 - band_low <= rho_t <= 1 + band_high."""
-    band_high: float = 1.0
-    """RPO: upper side of the band mask (unverified in the paper; see SEED_METHODS.md)."""
-    eval_envs: int = 64
-    """Trajectories of the final evaluation (sampled actions, a fixed evaluation seed)."""
-
-
-@dataclass(frozen=True)
-class ControlRunConfig:
-    """One run of the control track: the shared algorithm, optimiser and tracking settings plus the task.
-    `optim.steps` counts iterations (one rollout batch each); `optim.epochs` passes over each batch."""
-
-    control: ControlConfig = field(default_factory=ControlConfig)
-    """The control task and the policy."""
-    algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
-    """Algorithm name and settings (pathwise: bptt, rpo; score-function: the registered LLM algorithms)."""
-    optim: OptimConfig = field(default_factory=lambda: OptimConfig(steps=10, lr=3e-3, weight_decay=0.0, grad_clip=0.0))
-    """Adam(W) settings; defaults follow SEED_METHODS.md (Adam lr 3e-3)."""
-    tracking: TrackingConfig = field(default_factory=lambda: TrackingConfig(experiment="isopo-bench-control"))
-    """MLflow settings."""
-    seed: int = 0
-    """Seed of the policy init, the initial states and the action noise."""
-    threads: int = 1
-    """torch CPU threads; 0 = torch's default."""
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    def config_hash(self) -> str:
-        """Identity of the experiment: everything except where results are written."""
-        d = self.to_dict()
-        for key in ("uri", "run_name", "output_dir", "checkpoint_every", "log_samples"):
-            d["tracking"].pop(key)
-        d.pop("threads")
-        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
-
-
-def check_gradient_signal(algorithm: str, task: str) -> None:
-    """ConfigError when the algorithm needs a gradient signal the task cannot provide (e.g. RPO, which
-    differentiates the return through the dynamics, on a text task whose verifier has no derivative).
-    Algorithms declare `gradient_signal`; tasks declare `gradient_signals` (default: score-function only)."""
-    from isopo_bench.control.registry import algorithm_class, task_class
-
-    algo_cls, task_cls = algorithm_class(algorithm), task_class(task)
-    if algo_cls is None or task_cls is None:
-        return  # unknown names are reported by the registry lookups, with the known names
-    needs = getattr(algo_cls, "gradient_signal", "score-function")
-    provides = tuple(getattr(task_cls, "gradient_signals", ("score-function",)))
-    if needs not in provides:
-        raise ConfigError(
-            "algorithm.name",
-            f"`{algorithm}` needs {needs} gradients, but task `{task}` provides only {', '.join(provides)}",
-            f"pair `{algorithm}` with a control task (isopo_bench.control: point-mass, pendulum), or pick a "
-            "score-function algorithm (reinforce, grpo, isopo, npg_rank1, ...)",
-        )

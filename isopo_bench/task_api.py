@@ -29,6 +29,9 @@ class TaskItem:
 class Task:
     """Base class; subclasses register with `@TASKS.register("name")` and are built as `cls(task_config, seed)`."""
 
+    gradient_signals: ClassVar[tuple[str, ...]] = ("score-function",)
+    """What the task offers an algorithm: a verifier reward has no derivative, so text tasks support only
+    score-function (log-prob) methods; differentiable-control tasks also offer `pathwise`."""
     scorer_version: ClassVar[str] = "0"
     """Bumped whenever scoring changes; logged with every run so scores are comparable only within a version."""
 

@@ -13,7 +13,8 @@ import argparse
 import dataclasses
 import logging
 
-from isopo_bench.config import AlgorithmConfig, ControlConfig, ControlRunConfig, OptimConfig, TrackingConfig
+from isopo_bench.config import AlgorithmConfig, OptimConfig, TrackingConfig
+from isopo_bench.control.config import ControlConfig, ControlRunConfig
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ import torch
 
 from isopo_bench import __version__
 from isopo_bench import metric_names as M
-from isopo_bench.config import ControlRunConfig, check_gradient_signal
+from isopo_bench.control.config import ControlRunConfig, check_gradient_signal
 from isopo_bench.control.envs import ControlTask
 from isopo_bench.control.policy import GaussianMLP
 from isopo_bench.control.registry import CONTROL_ALGORITHMS, CONTROL_TASKS, algorithm_class
