@@ -244,6 +244,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float64"])
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (0 = torch's default)")
     parser.add_argument("--breakdown", action="store_true", help="also profile the first shape's ISOPO steps")
+    parser.add_argument("--out", default="", help="also write the rows as CSV (the dashboard's --overhead-file)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -256,6 +257,10 @@ def main(argv: list[str] | None = None) -> int:
             faithful and not args.no_faithful, args.device, args.dtype,
         )
     print(markdown_table(rows))  # noqa: T201 - a CLI report
+    if args.out:
+        import pandas as pd
+
+        pd.DataFrame(rows).to_csv(args.out, index=False)
     if args.breakdown:
         names = [BASELINE, "isopo", "isopo-interacting"]
         detail = breakdown(shapes[0], variants(names, False), torch.device(args.device), getattr(torch, args.dtype))
