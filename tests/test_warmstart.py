@@ -15,7 +15,9 @@ EASY_TASK = TaskConfig(params=("num_terms=2", "max_operand=9", "ops=+"))
 
 
 def small_config(**changes) -> WarmStartConfig:
-    base = dict(model=SMALL_MODEL, task=EASY_TASK, batch_size=16, warmup_steps=10, eval_items=16, max_new_tokens=12)
+    base = dict(
+        model=SMALL_MODEL, task=EASY_TASK, lr=3e-3, batch_size=16, warmup_steps=10, eval_items=16, max_new_tokens=12
+    )
     return WarmStartConfig(**(base | changes))
 
 
