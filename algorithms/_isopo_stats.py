@@ -6,19 +6,28 @@ collected values are cleared. Before a key's first update its current value is u
 the reference's replication option: collected values are never cleared, so m is the running mean of
 everything collected so far. Collected values are kept as a (sum, count) pair, so memory stays bounded
 even in cumulative mode, and nothing here forces a device sync before `end_step`.
+
+Data parallelism: with `reducer` set (isopo_bench.distributed sets it when world size > 1), `end_step`
+first replaces each key's (sum, count) collected in this step by its SUM over ranks, so every rank's EMA is
+the EMA of all ranks' values (in cumulative mode only the step's new contributions are reduced). Every rank
+must have collected the same keys (every rank processes at least one microbatch). None: one process.
 """
 
 from __future__ import annotations
 
 import hashlib
+from typing import Callable
 
 import torch
 
 
 class EmaStats:
-    def __init__(self, decay: float, cumulative: bool = False):
+    def __init__(self, decay: float, cumulative: bool = False, reducer: Callable[[torch.Tensor], torch.Tensor] | None = None):
         self.decay = decay
         self.cumulative = cumulative
+        self.reducer = reducer
+        """Cross-rank SUM of a (keys, 2) float64 tensor of (sum, count) rows; None: single process."""
+        self._reduced: tuple[dict, dict] = ({}, {})
         self.ema: dict[str, torch.Tensor] = {}
         self._sum: dict[str, torch.Tensor] = {}
         self._count: dict[str, int] = {}
@@ -37,6 +46,8 @@ class EmaStats:
         return ema.to(device=current.device, dtype=current.dtype)
 
     def end_step(self) -> None:
+        if self.reducer is not None:
+            self._reduce()
         for key, total in self._sum.items():
             mean = total / self._count[key]
             old = self.ema.get(key)
@@ -44,6 +55,19 @@ class EmaStats:
         if not self.cumulative:
             self._sum.clear()
             self._count.clear()
+        self._reduced = (dict(self._sum), dict(self._count))
+
+    def _reduce(self) -> None:
+        keys = sorted(self._sum)
+        old_sum, old_count = self._reduced  # already reduced in earlier steps (cumulative mode only)
+        local = torch.tensor(
+            [[float(self._sum[k] - old_sum.get(k, 0.0)), self._count[k] - old_count.get(k, 0)] for k in keys],
+            dtype=torch.float64,
+        ).reshape(len(keys), 2)
+        total = self.reducer(local)
+        for k, (s, c) in zip(keys, total.tolist()):
+            self._sum[k] = torch.tensor(old_sum.get(k, 0.0) + s, dtype=torch.float64)
+            self._count[k] = old_count.get(k, 0) + round(c)
 
     def state_dict(self) -> dict:
         return {
@@ -57,6 +81,7 @@ class EmaStats:
         self.ema = {k: as_tensor(v) for k, v in state.get("ema", {}).items()}
         self._sum = {k: as_tensor(v) for k, v in state.get("sum", {}).items()}
         self._count = dict(state.get("count", {}))
+        self._reduced = (dict(self._sum), dict(self._count))
 
 
 class MetricSums:

@@ -1,0 +1,221 @@
+"""Data-parallel updates (DDP and FSDP2) that equal a 1-process run over the same microbatches.
+
+The rule (SCALE_OUT.md): microbatches are defined globally, exactly as the 1-process trainer cuts the
+optimizer batch (minibatch) of B sequences into B / b microbatches of b sequences, trimmed of all-padding
+columns. Rank r processes the whole global microbatches r, r + W, r + 2W, ... Every rank computes its
+additive share of the global gradient with the GLOBAL denominators (`BatchTotals` of the whole minibatch:
+tokens, sequences, microbatches), and the ranks' shares are combined with a SUM. We never "multiply the loss
+by the world size to undo DDP's mean" (the TRL/verl trick): ISOPO's per-layer weight gradient sum_i w_i G_i
+is invariant to the loss scale (w_i = A_i / O_i and O_i scales with G_i), so that trick leaves ISOPO's
+gradient divided by W (tests/test_distributed.py shows it).
+
+Why microbatches, not sequences, are the unit. ISOPO's per-layer transform is computed per microbatch:
+- `isopo-interacting` and `npg_rank1` build the layer NTK K_ij = <G_i, G_j> over the sequences of one
+  microbatch (and npg_rank1 `fisher=one` draws its Fisher sequence per microbatch);
+- non-interacting `isopo` draws its S Fisher probes from the real tokens of one microbatch, seeded by
+  (run seed, optimizer step, microbatch index, layer);
+- the EMA statistics collect per-sequence values (N, O, R) and per-microbatch values (tr K / B).
+So the microbatch grouping is part of the algorithm: the honest equivalence is "W ranks == 1 rank
+accumulating over the same microbatches", not "== one big microbatch". To keep it exact we (1) hand the
+algorithm the GLOBAL microbatch index (`algorithm.micro`, which seeds the probes) before each microbatch and
+(2) all-reduce the EMA statistics' (sum, count) pairs at the end of each optimizer step
+(`EmaStats.reducer`); without (2) the ranks' EMAs, hence their damping and normalisers, drift apart.
+
+Implementations. ISOPO produces its weight gradient inside autograd (a custom autograd Function per Linear,
+option A of SCALE_OUT.md), so DDP and FSDP2 communicate it as any gradient:
+- `ddp`: torch DDP with a SUM comm hook; `no_sync()` encloses the forward AND the backward of every local
+  microbatch but the last (DDP decides at forward time whether the next backward syncs; a SUM hook that ran
+  on every microbatch would count earlier microbatches again). Ranks may hold unequal numbers of
+  microbatches: each syncs exactly once per optimizer step. Buffers are not broadcast (none change).
+- `fsdp2`: `fully_shard` on every decoder layer and on the root, gradient divide factor 1 set on EACH
+  FSDP module (the setting is not recursive), force-sum reduction (gloo has no AVG / PREMUL_SUM). Every
+  microbatch reduce-scatters its gradient (sharded gradients accumulate): we do not use
+  `set_requires_gradient_sync(False)`, whose unsynced unsharded gradients are added again at the next synced
+  step. Hence under FSDP2 every rank must hold the same number of microbatches (B / b divisible by W).
+Gradient clipping with `torch.nn.utils.clip_grad_norm_` works on both (DTensor gradients give the global
+norm; `float(norm.full_tensor())` under FSDP2, see `grad_norm_value`).
+
+Launching on N GPUs (one process per GPU; nccl is picked on CUDA, gloo on CPU):
+    torchrun --standalone --nproc_per_node N your_train_script.py ...
+    (several nodes: torchrun --nnodes M --nproc_per_node N --rdzv-backend c10d --rdzv-endpoint HOST:PORT ...)
+In the script: `ctx = DataParallel.setup(model, algorithm, mode="ddp" | "fsdp2")`, then per optimizer step
+`ctx.accumulate(algorithm, minibatch, microbatch_size, max_len)`, `algorithm.finalize_grads(ctx.module)`,
+clip, `optimizer.step()` (build the optimizer AFTER `setup`: FSDP2 replaces parameters by DTensors).
+Rollouts: each rank generates for its share of prompts (`rollout_share`), whole groups only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass
+from typing import Iterator, Literal
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from isopo_bench.batch import BatchTotals, TrainBatch, sequence_logprobs
+
+Mode = Literal["ddp", "fsdp2"]
+
+
+# ------------------------------------------------------------------------------------------ planning
+def global_microbatches(num_seqs: int, microbatch_size: int) -> list[slice]:
+    """Row slices of the global microbatches, as the 1-process trainer cuts the minibatch."""
+    if num_seqs % microbatch_size:
+        raise ValueError(f"minibatch of {num_seqs} sequences is not a multiple of microbatch_size={microbatch_size}")
+    return [slice(s, s + microbatch_size) for s in range(0, num_seqs, microbatch_size)]
+
+
+def plan_microbatches(num_seqs: int, microbatch_size: int, world_size: int, rank: int) -> list[tuple[int, slice]]:
+    """(global microbatch index, row slice) of the microbatches rank `rank` processes: r, r + W, ..."""
+    slices = global_microbatches(num_seqs, microbatch_size)
+    if len(slices) < world_size:
+        raise ValueError(f"{len(slices)} microbatches cannot feed {world_size} ranks: every rank needs at least one "
+                         "(raise the minibatch or lower optim.microbatch_size)")
+    return [(g, slices[g]) for g in range(rank, len(slices), world_size)]
+
+
+def local_microbatches(minibatch: TrainBatch, microbatch_size: int, world_size: int, rank: int,
+                       device: torch.device | str = "cpu") -> Iterator[tuple[int, TrainBatch]]:
+    """(global index, trimmed microbatch on `device`) for this rank, trimmed exactly as the trainer does."""
+    for g, rows in plan_microbatches(minibatch.size, microbatch_size, world_size, rank):
+        mb, _ = minibatch.select(rows).trimmed()
+        yield g, mb.to(device)
+
+
+def rollout_share(num_prompts: int, samples_per_prompt: int, world_size: int, rank: int) -> tuple[slice, slice]:
+    """(prompt slice, sequence slice) this rank generates: contiguous whole groups, so a group never spans
+    ranks and group-relative advantages need no communication. Prompts are split as evenly as possible."""
+    if num_prompts < world_size:
+        raise ValueError(f"{num_prompts} prompts cannot be shared by {world_size} ranks (each needs a whole group)")
+    base, extra = divmod(num_prompts, world_size)
+    start = rank * base + min(rank, extra)
+    stop = start + base + (rank < extra)
+    return slice(start, stop), slice(start * samples_per_prompt, stop * samples_per_prompt)
+
+
+# ------------------------------------------------------------------------------------------ reductions
+def all_reduce_sum(local: torch.Tensor) -> torch.Tensor:
+    """SUM over ranks of a small tensor (on the backend's device), returned on the input's device."""
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+    buf = local.to(device).clone()
+    dist.all_reduce(buf, op=dist.ReduceOp.SUM)
+    return buf.to(local.device)
+
+
+def attach_stats_reducer(algorithm, reducer=all_reduce_sum) -> bool:
+    """Give the algorithm's EMA statistics (ISOPO family: `algorithm.stats`) the cross-rank reducer.
+    Returns whether the algorithm had any."""
+    stats = getattr(algorithm, "stats", None)
+    if stats is None or not hasattr(stats, "reducer"):
+        return False
+    stats.reducer = reducer
+    return True
+
+
+def _sum_comm_hook(state, bucket):
+    # Unannotated on purpose: DDP checks the annotation object, which `from __future__ import annotations`
+    # would turn into a string.
+    fut = dist.all_reduce(bucket.buffer(), op=dist.ReduceOp.SUM, async_op=True).get_future()
+    return fut.then(lambda f: f.value()[0])
+
+
+def grad_norm_value(norm: torch.Tensor) -> float:
+    """clip_grad_norm_'s result as a float (a DTensor under FSDP2)."""
+    return float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
+
+
+# ------------------------------------------------------------------------------------------ the context
+@dataclass
+class DataParallel:
+    mode: Mode
+    module: nn.Module
+    """The model the algorithm sees (hooks, parameter names, optimizer): DDP's inner module, or the
+    FSDP2-sharded model itself."""
+    forward_model: nn.Module
+    """What microbatches are run through: the DDP wrapper, or the FSDP2 model."""
+    rank: int
+    world_size: int
+
+    @staticmethod
+    def setup(model: nn.Module, algorithm=None, mode: Mode = "ddp", reduce_stats: bool = True) -> "DataParallel":
+        """Wrap `model` (already on this rank's device) for `mode` in the default process group, and
+        all-reduce the algorithm's EMA statistics (`reduce_stats=False` only for the control test)."""
+        rank, world = dist.get_rank(), dist.get_world_size()
+        if mode == "ddp":
+            device_ids = [torch.cuda.current_device()] if next(model.parameters()).is_cuda else None
+            ddp = nn.parallel.DistributedDataParallel(model, device_ids=device_ids, broadcast_buffers=False)
+            ddp.register_comm_hook(None, _sum_comm_hook)
+            ctx = DataParallel(mode, model, ddp, rank, world)
+        elif mode == "fsdp2":
+            _shard_fsdp2(model, world)
+            ctx = DataParallel(mode, model, model, rank, world)
+        else:
+            raise ValueError(f"unknown data-parallel mode `{mode}`: use ddp or fsdp2")
+        if algorithm is not None and reduce_stats and world > 1:
+            attach_stats_reducer(algorithm)
+        return ctx
+
+    def accumulate(self, algorithm, minibatch: TrainBatch, microbatch_size: int, max_len: int,
+                   device: torch.device | str = "cpu", loss_scale: float = 1.0) -> dict[str, float]:
+        """Sum over ranks of the minibatch's gradient into .grad (after zero_grad), this rank's
+        microbatches only, with global denominators. Returns this rank's loss sum (a local share).
+        `loss_scale` exists for the control test of the loss-times-world-size trick; leave it at 1."""
+        plan = list(local_microbatches(minibatch, microbatch_size, self.world_size, self.rank, device))
+        if self.mode == "fsdp2" and len(global_microbatches(minibatch.size, microbatch_size)) % self.world_size:
+            raise ValueError("FSDP2 syncs every microbatch: the number of microbatches must be divisible by the world size")
+        totals = BatchTotals.of(minibatch, len(global_microbatches(minibatch.size, microbatch_size)), max_len)
+        loss_sum = 0.0
+        for i, (g, mb) in enumerate(plan):
+            last = i == len(plan) - 1
+            loss_sum += microbatch_backward(algorithm, self.module, self._sync_context(last), self.forward_model,
+                                            g, mb, totals, loss_scale)
+        return {"loss_local": loss_sum}
+
+    def _sync_context(self, last: bool):
+        if self.mode == "ddp" and not last:
+            return self.forward_model.no_sync()
+        return contextlib.nullcontext()
+
+
+def microbatch_backward(algorithm, module, sync_ctx, forward_model, g: int, mb: TrainBatch, totals: BatchTotals,
+                        loss_scale: float = 1.0) -> float:
+    """One microbatch as the trainer runs it, with the global microbatch index handed to the algorithm.
+    `sync_ctx` encloses forward and backward (DDP decides at forward time whether the backward syncs)."""
+    if hasattr(algorithm, "micro"):
+        algorithm.micro = g  # seeds ISOPO's probes (and npg's Fisher draw): must be the global index
+    with sync_ctx, algorithm.backward_context(module, mb, totals):
+        logp_BT = sequence_logprobs(forward_model, mb)
+        loss, _ = algorithm.loss(logp_BT, mb, totals)
+        (loss * loss_scale).backward()
+    return float(loss.detach())
+
+
+def _shard_fsdp2(model: nn.Module, world: int) -> None:
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import FSDPModule, fully_shard
+
+    device_type = "cuda" if next(model.parameters()).is_cuda else "cpu"
+    mesh = init_device_mesh(device_type, (world,))
+    layers = getattr(getattr(model, "model", model), "layers", [])
+    for layer in layers:
+        fully_shard(layer, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+    for m in model.modules():
+        if isinstance(m, FSDPModule):
+            # Per unit (not recursive): a SUM of the ranks' shares, never their mean.
+            m.set_gradient_divide_factor(1.0)
+            if device_type == "cpu":
+                m.set_force_sum_reduction_for_comms(True)
+
+
+def init_process_group_from_env() -> tuple[int, int]:
+    """Initialise the default group from torchrun's environment (nccl on CUDA, else gloo); (rank, world)."""
+    if not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend)
+        if backend == "nccl":
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+    return dist.get_rank(), dist.get_world_size()
