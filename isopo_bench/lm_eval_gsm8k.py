@@ -85,8 +85,27 @@ def evaluate_checkpoint(
     return out
 
 
+def log_to_training_run(model_dir: str | Path, scores: dict[str, float]) -> str | None:
+    """Record the scores in the MLflow run that produced `model_dir` (a run folder's `final_model` or the
+    run folder itself), at that run's last step. Returns the run id, or None for a model outside a run."""
+    from mlflow.tracking import MlflowClient
+
+    folder = Path(model_dir).resolve()
+    run_dir = next((d for d in (folder, folder.parent) if (d / "run_info.json").is_file()), None)
+    if run_dir is None:
+        return None
+    info = json.loads((run_dir / "run_info.json").read_text())
+    summary = run_dir / "summary.json"
+    step = int(json.loads(summary.read_text()).get("steps", 0)) if summary.is_file() else 0
+    client = MlflowClient(info["tracking_uri"])
+    for name, value in scores.items():
+        client.log_metric(info["run_id"], name, value, step=step)
+    return info["run_id"]
+
+
 def main(argv: list[str] | None = None) -> int:
-    """`isopo-bench eval MODEL_DIR [--data-dir D] [--limit N] ...`: print the scores as JSON."""
+    """`isopo-bench eval MODEL_DIR [--data-dir D] [--limit N] ...`: print the scores as JSON and record them
+    in the MLflow run the checkpoint came from."""
     import argparse
 
     parser = argparse.ArgumentParser(prog="isopo-bench eval", description=__doc__.split("\n")[0])
@@ -104,4 +123,6 @@ def main(argv: list[str] | None = None) -> int:
         args.apply_chat_template, args.device,
     )
     print(json.dumps(scores, indent=1))
+    run_id = log_to_training_run(args.model_dir, scores)
+    print(f"logged to MLflow run {run_id}" if run_id else "not inside a run folder: scores not logged to MLflow")
     return 0

@@ -47,6 +47,25 @@ def test_tiny_model_end_to_end_offline():
     assert 0.0 <= scores["eval/lm_eval_gsm8k_flexible"] <= 1.0
 
 
+@needs_data
+def test_scores_land_in_the_training_runs_mlflow_record(workdir):
+    pytest.importorskip("lm_eval")
+    from mlflow.tracking import MlflowClient
+
+    from conftest import smoke_config
+    from isopo_bench.lm_eval_gsm8k import main
+    from isopo_bench.trainer import train
+
+    cfg = smoke_config(workdir)
+    result = train(cfg)
+    assert main([str(result.run_dir / "final_model"), "--data-dir", str(DATA), "--limit", "2",
+                 "--num-fewshot", "0", "--batch-size", "2", "--max-gen-toks", "4"]) == 0
+    history = MlflowClient(cfg.tracking.uri).get_metric_history(result.run_id, "eval/lm_eval_gsm8k_questions")
+    assert [(m.step, m.value) for m in history] == [(cfg.optim.steps, 2.0)]
+    strict = MlflowClient(cfg.tracking.uri).get_metric_history(result.run_id, "eval/lm_eval_gsm8k_strict")
+    assert [m.value for m in strict] == [0.0]
+
+
 def test_not_a_model_folder(tmp_path):
     with pytest.raises(ConfigError, match="config.json"):
         evaluate_checkpoint(tmp_path, DATA, limit=1)
