@@ -300,6 +300,7 @@ def main(argv: list[str]) -> int:
     args = p.parse_args(argv)
     import os
 
+    # The default of isopo_bench.tracking.resolve_uri, spelled here to keep this module's imports minimal.
     uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
     runs = load_runs(uri, args.experiment, args.suite)
     board, by_lr = leaderboard(runs, args.baseline, args.threshold), accuracy_vs_lr(runs)

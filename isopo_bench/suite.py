@@ -60,16 +60,17 @@ def localise(suite: Suite, options: SuiteOptions, base: RunConfig | None = None)
     return suite.configs(base)
 
 
-def warm_start_base(suite: Suite, train: bool = True, threads: int = 1) -> tuple[RunConfig, Path | None]:
+def warm_start_base(suite: Suite, train: bool = True) -> tuple[RunConfig, Path | None]:
     """The suite's base with model.init_from set to its warm start; (base, None) when it has none, or when
     train=False and it is not cached yet. One warm start (seed 0) serves every seed of the suite, so
-    seeds vary the RL run only. It runs before the workers start, so it may use all their threads."""
+    seeds vary the RL run only. It uses the runs' thread count (1), not the idle workers' cores: its
+    cache key ignores threads, and its weights must not depend on --workers."""
     if not suite.warm_start:
         return suite.base, None
     from isopo_bench.models import cache_root
     from isopo_bench.warmstart import from_run_config, warm_start
 
-    ws_cfg = dataclasses.replace(from_run_config(replace(suite.base, seed=0)), threads=threads)
+    ws_cfg = dataclasses.replace(from_run_config(replace(suite.base, seed=0)), threads=suite.base.threads)
     folder = cache_root() / "warmstart" / ws_cfg.key()  # the cache layout of warmstart.warm_start
     if train:
         folder = warm_start(ws_cfg)
@@ -242,7 +243,7 @@ def run_suite(suite: Suite, options: SuiteOptions) -> list[Outcome]:
                                   "use --dry-run here to validate it and print the plan")
     if suite.warm_start:
         log.info("warm start of %s (cached after the first time) ...", suite.base.model.name_or_path)
-    base, folder = warm_start_base(suite, threads=max(options.workers, 1))
+    base, folder = warm_start_base(suite)
     if folder:
         log.info("warm start: %s", folder)
     configs = localise(suite, options, base)
