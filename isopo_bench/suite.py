@@ -224,6 +224,10 @@ def execute_all(todo: list[tuple[RunConfig, bool]], workers: int, progress: Prog
             for future in cf.as_completed(futures):
                 outcomes.append(future.result())
                 progress.report(outcomes[-1])
+        except cf.process.BrokenProcessPool as exc:  # a worker died hard (SIGKILL, out of memory)
+            from isopo_bench.errors import IsopoBenchError
+
+            raise IsopoBenchError("a worker process died; its runs are resumable: run the same command again") from exc
         except BaseException:
             pool.shutdown(wait=False, cancel_futures=True)
             raise

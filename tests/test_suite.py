@@ -75,9 +75,9 @@ def seeded_noise(rewards_PG: torch.Tensor) -> torch.Tensor:
 
 
 def test_failed_run_is_recorded_counted_and_not_redone(workdir, capsys, monkeypatch):
-    if "seeded-noise" not in ADVANTAGES.names():
-        ADVANTAGES.register("seeded-noise")(seeded_noise)
-    monkeypatch.setitem(ALGORITHM_PRESETS, "reinforce-noise", AlgorithmConfig(name="reinforce", advantage="seeded-noise"))
+    if "suite-test-noise" not in ADVANTAGES.names():
+        ADVANTAGES.register("suite-test-noise")(seeded_noise)
+    monkeypatch.setitem(ALGORITHM_PRESETS, "reinforce-noise", AlgorithmConfig(name="reinforce", advantage="suite-test-noise"))
     smoke = get_suite("smoke")
     suite = dataclasses.replace(smoke, name="smoke-fail", algorithms=("reinforce-noise",), seeds=(0,), lrs=(1e-3, 1e30),
                                 base=replace(smoke.base, **{"optim.grad_clip": 0.0, "optim.steps": 2}))
