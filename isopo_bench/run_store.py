@@ -39,20 +39,28 @@ class RunStore:
         self.run_dir = run_dir
         self.tracker = tracker
 
+    @staticmethod
+    def preflight(cfg: RunConfig, resume: bool) -> None:
+        """Checks that need no model: the store is reachable and an existing run is not overwritten.
+        Runs before anything is loaded or written, so a bad setting costs seconds and leaves no trace."""
+        check_reachable(resolve_uri(cfg.tracking.uri))
+        info_path = run_dir_for(cfg) / RUN_INFO
+        if info_path.exists() and not resume:
+            info = json.loads(info_path.read_text())
+            raise IsopoBenchError(
+                f"a run with this configuration already exists in {info_path.parent} (MLflow run {info['run_id']}). "
+                "Fix: pass --resume to continue it, or set --tracking.output-dir to start a separate copy"
+            )
+
     @classmethod
     def open(cls, cfg: RunConfig, resume: bool) -> "RunStore":
+        cls.preflight(cfg, resume)
         uri = resolve_uri(cfg.tracking.uri)
-        check_reachable(uri)
         run_dir = run_dir_for(cfg)
         info_path = run_dir / RUN_INFO
         run_name = cfg.tracking.run_name or f"{cfg.algorithm.name}-{cfg.task.name}-s{cfg.seed}"
         if info_path.exists():
             info = json.loads(info_path.read_text())
-            if not resume:
-                raise IsopoBenchError(
-                    f"a run with this configuration already exists in {run_dir} (MLflow run {info['run_id']}). "
-                    "Fix: pass --resume to continue it, or set --tracking.output-dir to start a separate copy"
-                )
             tracker = RunTracker(uri, cfg.tracking.experiment, run_name, run_id=info["run_id"])
         else:
             run_dir.mkdir(parents=True, exist_ok=True)

@@ -48,7 +48,7 @@ class Trainer:
         self.cfg = cfg.validate()
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
-        self.store = RunStore.open(cfg, resume)  # checks MLflow before any model is loaded
+        RunStore.preflight(cfg, resume)  # MLflow reachable, no run overwritten: before any model is loaded
         torch.manual_seed(cfg.seed)
         self.device = resolve_device(cfg.model.device)
         self.source = model_source(cfg.model, seed=0)
@@ -63,6 +63,9 @@ class Trainer:
         self.timer = PhaseTimer(self.device)
         self.eval_items = self.task.eval_items(cfg.task.eval_items)
         self.state = {"step": 0, "elapsed": 0.0, "best_accuracy": None, "initial_accuracy": None, "last_accuracy": None}
+        # The MLflow run and run folder are created only once everything above loaded, so a bad model id or
+        # task setting leaves no half-made run behind.
+        self.store = RunStore.open(cfg, resume)
 
     def _reference_model(self):
         if self.cfg.algorithm.kl_coef <= 0:
