@@ -294,7 +294,8 @@ def main(argv: list[str]) -> int:
     p.add_argument("--experiment", default=None, help="MLflow experiment (default: all)")
     p.add_argument("--tracking-uri", default="", help="default $MLFLOW_TRACKING_URI or sqlite:///mlflow.db")
     p.add_argument("--baseline", default=REINFORCE, help="algorithm the paired differences are taken against")
-    p.add_argument("--threshold", type=float, default=None, help="accuracy for steps-to-threshold (default: 90%% of the best)")
+    p.add_argument("--threshold", type=float, default=None,
+                   help="accuracy for steps-to-threshold (default: 90%% of the best algorithm's)")
     p.add_argument("--csv", default="", help="write the full leaderboard as CSV")
     p.add_argument("--markdown", default="", help="write the leaderboard and the per-LR table as Markdown")
     args = p.parse_args(argv)

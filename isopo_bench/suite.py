@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 from isopo_bench.config import RunConfig, replace
+from isopo_bench.errors import IsopoBenchError
 from isopo_bench.suites import SUITES, Suite, estimate_lines, get_suite, param_count
 
 log = logging.getLogger(__name__)
@@ -225,8 +226,6 @@ def execute_all(todo: list[tuple[RunConfig, bool]], workers: int, progress: Prog
                 outcomes.append(future.result())
                 progress.report(outcomes[-1])
         except cf.process.BrokenProcessPool as exc:  # a worker died hard (SIGKILL, out of memory)
-            from isopo_bench.errors import IsopoBenchError
-
             raise IsopoBenchError("a worker process died; its runs are resumable: run the same command again") from exc
         except BaseException:
             pool.shutdown(wait=False, cancel_futures=True)
@@ -241,8 +240,6 @@ def run_suite(suite: Suite, options: SuiteOptions) -> list[Outcome]:
         import torch
 
         if not torch.cuda.is_available():
-            from isopo_bench.errors import IsopoBenchError
-
             raise IsopoBenchError(f"suite `{suite.label}` needs a CUDA GPU. Fix: run it on a GPU machine, or "
                                   "use --dry-run here to validate it and print the plan")
     if suite.warm_start:

@@ -211,7 +211,8 @@ def compute_estimate(cfg: RunConfig, est: Estimate, params: float | None, needs_
     # forward + backward = 6N per token; gradient checkpointing reruns the forward (+2N); a pi_old or
     # reference forward costs 2N per token of the batch once per step.
     per_token = (8 if cfg.model.gradient_checkpointing else 6) * n
-    extra = 2 * n * seqs * (est.prompt_tokens + est.completion_tokens) * (int(needs_old_logp) + int(cfg.algorithm.kl_coef > 0))
+    extra_forwards = int(needs_old_logp) + int(cfg.algorithm.kl_coef > 0)
+    extra = 2 * n * seqs * (est.prompt_tokens + est.completion_tokens) * extra_forwards
     generated = seqs * est.completion_tokens + eval_tokens
     hours = (generated / est.generate_tokens_per_s + (trained * per_token + extra) / est.train_flops_per_s) / 3600
     return {"sequences": seqs, "generated_tokens": generated, "generated_tokens_max": seqs * r.max_new_tokens

@@ -203,8 +203,10 @@ def test_aggregates_on_a_hand_made_table():
     r, i = board.loc["reinforce"], board.loc["isopo"]
     assert (r[M.LB_N_FINISHED], r[M.LB_N_FAILED]) == (6, 1)  # the failed 0.99 is counted, not averaged
     assert (r[M.LB_ROBUST_MEAN], r[M.LB_ROBUST_WORST], r[M.LB_BEST_LR]) == pytest.approx((0.35, 0.2, 1e-4))
-    assert (r[M.LB_ACC_MEAN], r[M.LB_ACC_CI_LO], r[M.LB_ACC_CI_HI]) == pytest.approx((0.5, 0.5 - t2 * 0.1 / 3**0.5, 0.5 + t2 * 0.1 / 3**0.5))
-    assert (i[M.LB_ROBUST_MEAN], i[M.LB_ROBUST_WORST], i[M.LB_BEST_LR]) == pytest.approx(((0.55 + 1.6 / 3) / 2, 1.6 / 3, 1e-4))
+    half = t2 * 0.1 / 3**0.5  # sd of (0.4, 0.5, 0.6) is 0.1
+    assert (r[M.LB_ACC_MEAN], r[M.LB_ACC_CI_LO], r[M.LB_ACC_CI_HI]) == pytest.approx((0.5, 0.5 - half, 0.5 + half))
+    worse = 1.6 / 3  # isopo at 3e-4: mean of (0.45, 0.5, 0.65)
+    assert (i[M.LB_ROBUST_MEAN], i[M.LB_ROBUST_WORST], i[M.LB_BEST_LR]) == pytest.approx(((0.55 + worse) / 2, worse, 1e-4))
     # equal budget = reinforce's 10 s: isopo is scored at its step-5 evaluation (half its accuracy)
     assert r[M.LB_BUDGET_S] == 10.0 and r[M.LB_ACC_AT_BUDGET] == pytest.approx(0.5)
     assert i[M.LB_ACC_AT_BUDGET] == pytest.approx(0.55 / 2)
