@@ -229,14 +229,15 @@ def paired_differences(runs_df: pd.DataFrame, baseline: str = REINFORCE, metric:
 def leaderboard(runs_df: pd.DataFrame, baseline: str = REINFORCE, threshold: float | None = None) -> pd.DataFrame:
     """One row per (suite, task, model, algorithm) (BOARD_COLUMNS). Accuracy, CI, equal-budget accuracy and
     steps to threshold are at the algorithm's best learning rate (highest mean final accuracy); the
-    threshold defaults to 90% of the best algorithm's mean final accuracy in the group."""
+    threshold defaults to default_threshold of the group."""
     by_lr, runs = accuracy_vs_lr(runs_df), with_budget_accuracy(runs_df)
     diffs = paired_differences(runs_df, baseline).set_index([*GROUP, M.LB_ALGORITHM])
     rows = []
     for key, group in runs.groupby(GROUP):
         lr_rows = by_lr[(by_lr[GROUP] == pd.Series(key, index=GROUP)).all(axis=1)]
-        best_means = lr_rows.groupby(M.LB_ALGORITHM)[M.LB_ACC_MEAN].max()
-        thr = threshold if threshold is not None else 0.9 * best_means.max()
+        best = lr_rows.groupby(M.LB_ALGORITHM)[M.LB_ACC_MEAN].max().max()
+        initial = _finished(group)[M.LB_INITIAL_ACC].median()
+        thr = threshold if threshold is not None else default_threshold(initial, best)
         ref = _finished(group[group[M.LB_ALGORITHM] == REINFORCE])[M.LB_UPDATE_S].median()
         for algo, g in group.groupby(M.LB_ALGORITHM):
             row = _algorithm_row(g, lr_rows[lr_rows[M.LB_ALGORITHM] == algo], thr, ref)
@@ -246,6 +247,15 @@ def leaderboard(runs_df: pd.DataFrame, baseline: str = REINFORCE, threshold: flo
                         | {M.LB_N_PAIRS: int(diff[M.LB_N_PAIRS])})
     board = pd.DataFrame(rows, columns=BOARD_COLUMNS)
     return board.sort_values([*GROUP, M.LB_ACC_MEAN], ascending=[True] * len(GROUP) + [False]).reset_index(drop=True)
+
+
+def default_threshold(initial: float, best: float) -> float:
+    """Half-way from the group's initial accuracy to the best algorithm's mean final accuracy, so that
+    steps-to-threshold counts steps to half the best improvement (a fraction of the best final accuracy
+    alone can lie below a warm start's initial accuracy); the best itself when nothing improved."""
+    if math.isnan(initial) or not best > initial:
+        return best
+    return initial + 0.5 * (best - initial)
 
 
 def _algorithm_row(g: pd.DataFrame, lr_rows: pd.DataFrame, threshold: float, reinforce_update_s: float) -> dict:
@@ -295,7 +305,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--tracking-uri", default="", help="default $MLFLOW_TRACKING_URI or sqlite:///mlflow.db")
     p.add_argument("--baseline", default=REINFORCE, help="algorithm the paired differences are taken against")
     p.add_argument("--threshold", type=float, default=None,
-                   help="accuracy for steps-to-threshold (default: 90%% of the best algorithm's)")
+                   help="accuracy for steps-to-threshold (default: half-way from the initial to the best final)")
     p.add_argument("--csv", default="", help="write the full leaderboard as CSV")
     p.add_argument("--markdown", default="", help="write the leaderboard and the per-LR table as Markdown")
     args = p.parse_args(argv)
