@@ -22,11 +22,12 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from typing import TYPE_CHECKING, ClassVar, ContextManager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable, ClassVar, ContextManager, Iterable
 
 import torch
 
-from isopo_bench.batch import BatchTotals, TrainBatch
+from isopo_bench.batch import BatchTotals, TrainBatch, sequence_logprobs
 
 if TYPE_CHECKING:
     from isopo_bench.config import RunConfig
@@ -77,3 +78,54 @@ class Algorithm:
 
     def load_state_dict(self, state: dict) -> None:
         pass
+
+
+# ------------------------------------------------------------------------------------------------
+# Driving the contract. Every caller (the trainer, data-parallel updates, the overhead benchmark, the
+# tests' references) goes through these two functions, so what is tested is what trains.
+@dataclass
+class MicrobatchResult:
+    loss: float
+    metrics: dict[str, float]
+    logp_BT: torch.Tensor
+    """Detached trainer log-probs of the microbatch (the trainer compares them with the sampler's)."""
+    entropy_BT: torch.Tensor | None
+
+
+def microbatch_backward(algorithm: Algorithm, model: torch.nn.Module, mb: TrainBatch, totals: BatchTotals, *,
+                        forward_model: torch.nn.Module | None = None, global_index: int | None = None,
+                        sync_context: ContextManager | None = None, with_entropy: bool = False,
+                        check_loss: Callable[[torch.Tensor], None] | None = None,
+                        loss_scale: float = 1.0) -> MicrobatchResult:
+    """Forward, loss and backward of one microbatch, adding its share of the optimizer step's gradient.
+
+    `model` is what the algorithm hooks (parameter names, Linear layers); `forward_model` what the batch
+    runs through (a DDP wrapper of `model`; default `model`). `global_index` is the microbatch's index in
+    the optimizer batch: ISOPO seeds its probes with it, so under data parallelism every rank must pass the
+    global index, not its local count. `sync_context` encloses forward AND backward (DDP decides at forward
+    time whether the backward all-reduces). `check_loss` runs before backward (the trainer's NaN guard).
+    `loss_scale` exists only for the control test of the loss-times-world-size trick."""
+    if global_index is not None and hasattr(algorithm, "micro"):
+        algorithm.micro = global_index
+    forward_model = forward_model if forward_model is not None else model
+    with (sync_context or contextlib.nullcontext()), algorithm.backward_context(model, mb, totals):
+        if with_entropy:
+            logp_BT, entropy_BT = sequence_logprobs(forward_model, mb, with_entropy=True)
+        else:
+            logp_BT, entropy_BT = sequence_logprobs(forward_model, mb), None
+        loss, metrics = algorithm.loss(logp_BT, mb, totals)
+        if check_loss is not None:
+            check_loss(loss)
+        (loss * loss_scale if loss_scale != 1.0 else loss).backward()
+    return MicrobatchResult(float(loss.detach()), metrics, logp_BT.detach(),
+                            None if entropy_BT is None else entropy_BT.detach())
+
+
+def accumulate(algorithm: Algorithm, model: torch.nn.Module, microbatches: Iterable[TrainBatch],
+               totals: BatchTotals) -> dict[str, float]:
+    """One optimizer step's gradient in one process: zero .grad, every microbatch in order, then
+    `finalize_grads`. Returns the algorithm's finalize metrics."""
+    model.zero_grad(set_to_none=True)
+    for index, mb in enumerate(microbatches):
+        microbatch_backward(algorithm, model, mb, totals, global_index=index)
+    return algorithm.finalize_grads(model)

@@ -54,8 +54,10 @@ def train_main(argv: list[str]) -> int:
     from isopo_bench.trainer import train
 
     result = train(cfg, resume=known.resume)
+    if result.run_id is None:
+        return 0  # a data-parallel rank other than 0: rank 0 reports
     print(f"run {result.run_id} {result.status}: {result.steps_done} steps, final eval accuracy "
-          f"{result.final_accuracy:.3f}; folder {result.run_dir}")
+          f"{result.final_accuracy if result.final_accuracy is None else round(result.final_accuracy, 3)}; folder {result.run_dir}")
     return 0
 
 

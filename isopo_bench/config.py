@@ -220,6 +220,17 @@ class TrackingConfig:
 
 
 @dataclass(frozen=True)
+class ParallelConfig:
+    world_size: int = 1
+    """Data-parallel training ranks. >1: launch with `torchrun --nproc_per_node N -m isopo_bench.cli train ...`
+    (one process per GPU); each rank generates rollouts for its share of the prompts and the ranks' gradient
+    shares are summed (isopo_bench.distributed)."""
+    mode: Literal["ddp", "fsdp2"] = "ddp"
+    """Data-parallel wrapper when world_size > 1: ddp (full replicas) or fsdp2 (sharded parameters; needs
+    the vllm engine, whose copy of the weights generates independently of the training shards)."""
+
+
+@dataclass(frozen=True)
 class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     task: TaskConfig = field(default_factory=TaskConfig)
@@ -228,6 +239,7 @@ class RunConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
     seed: int = 0
     """Seed for model init, prompt order, sampling and ISOPO probes."""
     threads: int = 0
@@ -250,6 +262,12 @@ def experiment_hash(config: dict) -> str:
     for key in ("uri", "run_name", "output_dir", "checkpoint_every", "log_samples"):
         d["tracking"].pop(key, None)
     d.pop("threads", None)
+    # DDP and FSDP2 compute the same update (tests/test_distributed.py), so the wrapper is not part of the
+    # experiment; the world size is (each rank samples its share of the rollouts with its own seed). One
+    # process is the default and leaves the hash as it was before data parallelism existed.
+    parallel = d.pop("parallel", {})
+    if parallel.get("world_size", 1) != 1:
+        d["parallel"] = {"world_size": parallel["world_size"]}
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -341,6 +359,7 @@ def validate_run_config(cfg: RunConfig) -> None:
             f"{o.microbatch_size} does not divide the minibatch of {batch // o.minibatches_per_step} sequences",
             "choose a divisor of the minibatch size",
         )
+    _check_parallel(cfg)
     if cfg.model.device not in ("auto", "cpu") and not cfg.model.device.startswith("cuda"):
         raise ConfigError("model.device", f"unknown device `{cfg.model.device}`", "use auto, cpu, cuda or cuda:N")
     if cfg.model.name_or_path == "tiny" and cfg.model.tiny_hidden_size // cfg.model.tiny_heads not in (32, 64):
@@ -355,6 +374,25 @@ def validate_run_config(cfg: RunConfig) -> None:
     engine_validate = getattr(ENGINES.get(cfg.rollout.engine), "validate", None)
     if engine_validate is not None:
         engine_validate(cfg)
+
+
+def _check_parallel(cfg: RunConfig) -> None:
+    p, r, o = cfg.parallel, cfg.rollout, cfg.optim
+    _positive("parallel.world_size", p.world_size)
+    if p.world_size == 1:
+        return
+    if r.prompts_per_step < p.world_size:
+        raise ConfigError("parallel.world_size", f"{p.world_size} ranks cannot share {r.prompts_per_step} prompts "
+                          "(each rank generates whole groups)", f"raise rollout.prompts_per_step to >= {p.world_size}")
+    micro = r.prompts_per_step * r.samples_per_prompt // o.minibatches_per_step // o.microbatch_size
+    if micro < p.world_size or (p.mode == "fsdp2" and micro % p.world_size):
+        need = "a multiple of" if p.mode == "fsdp2" else "at least"
+        raise ConfigError("optim.microbatch_size", f"a minibatch has {micro} microbatches; {p.world_size} ranks under "
+                          f"{p.mode} need {need} {p.world_size}", "lower optim.microbatch_size or raise the batch")
+    if p.mode == "fsdp2" and r.engine == "hf":
+        raise ConfigError("parallel.mode", "fsdp2 with the hf engine would generate with the sharded training model, "
+                          "whose every forward is a collective the ranks' unequal generation lengths would deadlock",
+                          "use --rollout.engine vllm (its own full copy of the weights), or --parallel.mode ddp")
 
 
 # ------------------------------------------------------------------------------------------------

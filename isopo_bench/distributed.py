@@ -38,7 +38,8 @@ norm; `float(norm.full_tensor())` under FSDP2, see `grad_norm_value`).
 Launching on N GPUs (one process per GPU; nccl is picked on CUDA, gloo on CPU):
     torchrun --standalone --nproc_per_node N your_train_script.py ...
     (several nodes: torchrun --nnodes M --nproc_per_node N --rdzv-backend c10d --rdzv-endpoint HOST:PORT ...)
-In the script: `ctx = DataParallel.setup(model, algorithm, mode="ddp" | "fsdp2")`, then per optimizer step
+The trainer does all of this when launched under torchrun with --parallel.world-size N (isopo_bench.trainer);
+by hand: `ctx = DataParallel.setup(model, algorithm, mode="ddp" | "fsdp2")`, then per optimizer step
 `ctx.accumulate(algorithm, minibatch, microbatch_size, max_len)`, `algorithm.finalize_grads(ctx.module)`,
 clip, `optimizer.step()` (build the optimizer AFTER `setup`: FSDP2 replaces parameters by DTensors).
 Rollouts: each rank generates for its share of prompts (`rollout_share`), whole groups only.
@@ -55,7 +56,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from isopo_bench.batch import BatchTotals, TrainBatch, sequence_logprobs
+from isopo_bench.algorithm_api import microbatch_backward
+from isopo_bench.batch import BatchTotals, TrainBatch
 
 Mode = Literal["ddp", "fsdp2"]
 
@@ -158,39 +160,33 @@ class DataParallel:
             attach_stats_reducer(algorithm)
         return ctx
 
+    def local_work(self, minibatch: TrainBatch, microbatch_size: int,
+                   device: torch.device | str = "cpu") -> list[tuple[int, TrainBatch, contextlib.AbstractContextManager]]:
+        """(global microbatch index, trimmed microbatch, sync context) for this rank's share of one optimizer
+        step. Under DDP only the last local microbatch syncs; under FSDP2 every one does (see the module doc)."""
+        num_micro = len(global_microbatches(minibatch.size, microbatch_size))
+        if self.mode == "fsdp2" and num_micro % self.world_size:
+            raise ValueError(f"FSDP2 syncs every microbatch: the {num_micro} microbatches of a minibatch must be "
+                             f"divisible by the world size {self.world_size} (change optim.microbatch_size)")
+        plan = list(local_microbatches(minibatch, microbatch_size, self.world_size, self.rank, device))
+        return [(g, mb, self._sync_context(i == len(plan) - 1)) for i, (g, mb) in enumerate(plan)]
+
     def accumulate(self, algorithm, minibatch: TrainBatch, microbatch_size: int, max_len: int,
                    device: torch.device | str = "cpu", loss_scale: float = 1.0) -> dict[str, float]:
         """Sum over ranks of the minibatch's gradient into .grad (after zero_grad), this rank's
         microbatches only, with global denominators. Returns this rank's loss sum (a local share).
         `loss_scale` exists for the control test of the loss-times-world-size trick; leave it at 1."""
-        plan = list(local_microbatches(minibatch, microbatch_size, self.world_size, self.rank, device))
-        if self.mode == "fsdp2" and len(global_microbatches(minibatch.size, microbatch_size)) % self.world_size:
-            raise ValueError("FSDP2 syncs every microbatch: the number of microbatches must be divisible by the world size")
         totals = BatchTotals.of(minibatch, len(global_microbatches(minibatch.size, microbatch_size)), max_len)
         loss_sum = 0.0
-        for i, (g, mb) in enumerate(plan):
-            last = i == len(plan) - 1
-            loss_sum += microbatch_backward(algorithm, self.module, self._sync_context(last), self.forward_model,
-                                            g, mb, totals, loss_scale)
+        for g, mb, sync in self.local_work(minibatch, microbatch_size, device):
+            loss_sum += microbatch_backward(algorithm, self.module, mb, totals, forward_model=self.forward_model,
+                                            global_index=g, sync_context=sync, loss_scale=loss_scale).loss
         return {"loss_local": loss_sum}
 
     def _sync_context(self, last: bool):
         if self.mode == "ddp" and not last:
             return self.forward_model.no_sync()
         return contextlib.nullcontext()
-
-
-def microbatch_backward(algorithm, module, sync_ctx, forward_model, g: int, mb: TrainBatch, totals: BatchTotals,
-                        loss_scale: float = 1.0) -> float:
-    """One microbatch as the trainer runs it, with the global microbatch index handed to the algorithm.
-    `sync_ctx` encloses forward and backward (DDP decides at forward time whether the backward syncs)."""
-    if hasattr(algorithm, "micro"):
-        algorithm.micro = g  # seeds ISOPO's probes (and npg's Fisher draw): must be the global index
-    with sync_ctx, algorithm.backward_context(module, mb, totals):
-        logp_BT = sequence_logprobs(forward_model, mb)
-        loss, _ = algorithm.loss(logp_BT, mb, totals)
-        (loss * loss_scale).backward()
-    return float(loss.detach())
 
 
 def _shard_fsdp2(model: nn.Module, world: int) -> None:

@@ -18,6 +18,8 @@ ENTROPY = "algo/entropy"
 LR = "algo/lr"
 GRAD_NORM = "grad/norm"
 GRAD_CLIPPED = "grad/clipped"
+PARALLEL_PARAM_SPREAD = "parallel/param_checksum_spread"
+"""Data parallel: relative spread of the ranks' parameter checksums at each checkpoint (0 = replicas agree)."""
 
 # vLLM sampler vs trainer log-prob mismatch
 MISMATCH_MEAN_ABS = "rollout/logp_mismatch_mean_abs"

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import torch
 from transformers import Qwen3Config, Qwen3ForCausalLM
 
+from isopo_bench.algorithm_api import accumulate
 from isopo_bench.batch import BatchTotals, TrainBatch, pad_and_stack, sequence_logprobs
 from isopo_bench.config import AlgorithmConfig, IsopoConfig, RunConfig
 from isopo_bench.plugins import ALGORITHMS
@@ -117,13 +118,7 @@ def variants(names: list[str], faithful: bool) -> list[tuple[str, str, str]]:
 
 def update_step(model, optimizer, algo, mbs: list[TrainBatch], totals: BatchTotals) -> None:
     """The trainer's policy update for one optimizer batch."""
-    optimizer.zero_grad(set_to_none=True)
-    for mb in mbs:
-        with algo.backward_context(model, mb, totals):
-            logp = sequence_logprobs(model, mb)
-            loss, _ = algo.loss(logp, mb, totals)
-            loss.backward()
-    algo.finalize_grads(model)
+    accumulate(algo, model, mbs, totals)
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
     optimizer.step()
 

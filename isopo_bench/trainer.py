@@ -3,6 +3,11 @@
     task prompts -> rollout engine -> rewards -> advantages -> [pi_old / reference forward]
       -> optimizer steps over minibatches of microbatches (algorithm loss + backward hooks)
       -> weight sync -> [greedy evaluation] -> metrics (MLflow) -> [checkpoint]
+
+Under torchrun with parallel.world_size = W > 1 the same loop runs on every rank: each rank generates its
+share of the prompts, the batch is gathered, each rank updates on its share of the global microbatches and
+the gradient shares are summed (isopo_bench.parallel_run documents the flow, isopo_bench.distributed the
+update); rank 0 alone evaluates, logs and checkpoints.
 """
 
 from __future__ import annotations
@@ -18,17 +23,20 @@ import torch
 from tqdm.auto import tqdm
 
 from isopo_bench import metric_names as M
+from isopo_bench.algorithm_api import microbatch_backward
 from isopo_bench.batch import BatchTotals, TrainBatch, pad_and_stack, sequence_logprobs
 from isopo_bench.checkpoint import export_model, load_checkpoint, save_checkpoint
 from isopo_bench.config import RunConfig
+from isopo_bench.distributed import DataParallel, grad_norm_value, plan_microbatches, rollout_share
 from isopo_bench.errors import NonFiniteError
 from isopo_bench.evaluation import evaluate
 from isopo_bench.models import encode_prompt, load_policy, load_tokenizer, model_source, resolve_device
 from isopo_bench.optim import build_optimizer
+from isopo_bench.parallel_run import RankContext, checksum_spread
 from isopo_bench.plugins import ADVANTAGES, ALGORITHMS, ENGINES, TASKS
-from isopo_bench.rollout.api import SamplingSettings
+from isopo_bench.rollout.api import Rollout, SamplingSettings
 from isopo_bench.rollout.mismatch import mismatch_metrics
-from isopo_bench.run_store import RunStore
+from isopo_bench.run_store import RunStore, run_dir_for
 from isopo_bench.timing import PhaseTimer
 
 log = logging.getLogger(__name__)
@@ -36,7 +44,8 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class RunResult:
-    run_id: str
+    run_id: str | None
+    """None on data-parallel ranks other than 0 (rank 0 owns the MLflow run)."""
     run_dir: Path
     status: str
     steps_done: int
@@ -48,16 +57,23 @@ class Trainer:
         self.cfg = cfg.validate()
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
+        self.ranks = RankContext.from_config(cfg)
         RunStore.preflight(cfg, resume)  # MLflow reachable, no run overwritten: before any model is loaded
+        self.ranks.barrier()  # every rank has checked before rank 0 creates the run folder
         torch.manual_seed(cfg.seed)
-        self.device = resolve_device(cfg.model.device)
-        self.source = model_source(cfg.model, seed=0)
+        self.device = self.ranks.device(resolve_device(cfg.model.device))
+        with self.ranks.main_first():  # rank 0 first: it may write the tiny model's cached folder
+            self.source = model_source(cfg.model, seed=0)
         self.tokenizer = load_tokenizer(self.source)
         self.model = load_policy(cfg.model, self.source, self.device)
         self.ref_model = self._reference_model()
         self.task = TASKS.get(cfg.task.name)(cfg.task, cfg.seed)
         self.algorithm = ALGORITHMS.get(cfg.algorithm.name)(cfg)
         self.advantage_fn = ADVANTAGES.get(cfg.algorithm.advantage)
+        # Data parallel: wrap before the optimizer is built (FSDP2 replaces parameters). `self.model` stays
+        # the plain module (hooks, checkpoints, engines); `self.forward_model` is what training batches run through.
+        self.dp = DataParallel.setup(self.model, self.algorithm, cfg.parallel.mode) if self.ranks.distributed else None
+        self.forward_model = self.dp.forward_model if self.dp else self.model
         self.engine = ENGINES.get(cfg.rollout.engine)(cfg, self.source, self.tokenizer, self.model)
         self.optimizer, self.scheduler = build_optimizer(self.model, cfg.optim)
         self.timer = PhaseTimer(self.device)
@@ -65,7 +81,8 @@ class Trainer:
         self.state = {"step": 0, "elapsed": 0.0, "best_accuracy": None, "initial_accuracy": None, "last_accuracy": None}
         # The MLflow run and run folder are created only once everything above loaded, so a bad model id or
         # task setting leaves no half-made run behind.
-        self.store = RunStore.open(cfg, resume)
+        self.store = RunStore.open(cfg, resume) if self.ranks.is_main else None
+        self.run_dir = run_dir_for(cfg)
 
     def _reference_model(self):
         if self.cfg.algorithm.kl_coef <= 0:
@@ -77,37 +94,51 @@ class Trainer:
     # ----------------------------------------------------------------------------------------------
     def run(self) -> RunResult:
         cfg = self.cfg
+        main = self.ranks.is_main
         descriptive = self.algorithm.attach(self.model)
-        self.store.start(self.task, descriptive)
-        if self.store.has_checkpoint():
-            self.state = load_checkpoint(self.store.run_dir, self.model, self.optimizer, self.scheduler, self.algorithm)
-            self.engine.sync_weights(self.model)
-            log.info("resumed %s at step %d", self.store.run_dir, self.state["step"])
-        elif cfg.eval.at_start:
-            self._evaluate(step=0)
         try:
+            if main:
+                self.store.start(self.task, descriptive)
+            # Rank 0 decides (and repairs a checkpoint swap a crash interrupted) before any rank reads it.
+            if self.ranks.gather(self.store.has_checkpoint() if main else None)[0]:
+                self.state = load_checkpoint(self.run_dir, self.model, self.optimizer, self.scheduler, self.algorithm)
+                self.engine.sync_weights(self.model)
+                log.info("resumed %s at step %d", self.run_dir, self.state["step"])
+            elif cfg.eval.at_start and main:
+                self._evaluate(step=0)
             bar = tqdm(range(self.state["step"] + 1, cfg.optim.steps + 1), initial=self.state["step"],
-                       total=cfg.optim.steps, desc=f"{cfg.algorithm.name}", dynamic_ncols=True)
+                       total=cfg.optim.steps, desc=f"{cfg.algorithm.name}", dynamic_ncols=True, disable=not main or None)
             for step in bar:
                 metrics = self._train_step(step)
-                if self._eval_due(step):
+                if self._eval_due(step) and main:
                     metrics |= self._evaluate(step)
                 self.state["step"] = step
-                self.store.tracker.log_metrics(metrics, step)
-                bar.set_postfix(reward=f"{metrics[M.REWARD_MEAN]:.3f}", acc=self.state["last_accuracy"])
                 if self._checkpoint_due(step):
-                    save_checkpoint(self.store.run_dir, self.model, self.optimizer, self.scheduler, self.algorithm, self.state)
+                    if self.ranks.distributed:  # replicas must agree; a silent drift would corrupt the run
+                        metrics[M.PARALLEL_PARAM_SPREAD] = checksum_spread(self.ranks, self.model)
+                    if main:
+                        save_checkpoint(self.run_dir, self.model, self.optimizer, self.scheduler, self.algorithm, self.state)
+                if main:
+                    self.store.tracker.log_metrics(metrics, step)
+                bar.set_postfix(reward=f"{metrics[M.REWARD_MEAN]:.3f}", acc=self.state["last_accuracy"])
         except NonFiniteError as exc:
-            self.store.fail(str(exc))
+            if main:
+                self.store.fail(str(exc))
             raise
         except BaseException as exc:  # KeyboardInterrupt too: the run can be resumed from its checkpoint
-            self.store.fail(f"{type(exc).__name__}: {exc}", status="KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
+            if main:
+                self.store.fail(f"{type(exc).__name__}: {exc}",
+                                status="KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
             raise
         finally:
             self.engine.close()
-        export_model(self.model, self.tokenizer, self.store.run_dir / "final_model")
-        self.store.finish(self.state)
-        return RunResult(self.store.tracker.run_id, self.store.run_dir, "FINISHED", self.state["step"], self.state["last_accuracy"])
+        if main:
+            export_model(self.model, self.tokenizer, self.run_dir / "final_model")
+            self.store.finish(self.state)
+        self.ranks.barrier()  # no rank leaves (and tears down the group) while rank 0 still writes
+        self.ranks.close()
+        return RunResult(self.store.tracker.run_id if main else None, self.run_dir, "FINISHED", self.state["step"],
+                         self.state["last_accuracy"])
 
     def _eval_due(self, step: int) -> bool:
         every = self.cfg.eval.every
@@ -122,15 +153,21 @@ class Trainer:
         cfg, timer = self.cfg, self.timer
         P, G = cfg.rollout.prompts_per_step, cfg.rollout.samples_per_prompt
         items = self.task.train_items(step - 1, P)
+        shared, _ = rollout_share(P, G, self.ranks.world_size, self.ranks.rank)  # all P prompts on one process
+        items = items[shared]
         with timer.phase(M.TIME_ROLLOUT):
             prompt_ids = [self._encode(self.task.prompt(item)) for item in items]
+            # Rank 0 keeps the one-process seed; other ranks sample their share with their own stream.
+            seed = cfg.seed * 1_000_003 + step + self.ranks.rank * 1_000_000_007
             sampling = SamplingSettings(n=G, temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
-                                        max_new_tokens=cfg.rollout.max_new_tokens, seed=cfg.seed * 1_000_003 + step)
+                                        max_new_tokens=cfg.rollout.max_new_tokens, seed=seed)
             rollout = self.engine.generate(prompt_ids, sampling)
         with timer.phase(M.TIME_REWARD):
             texts = self.tokenizer.batch_decode(rollout.completion_ids, skip_special_tokens=True)
-            rewards_PG = torch.tensor([self.task.score(items[i // G], t) for i, t in enumerate(texts)]).view(P, G)
-            advantages_B = self.advantage_fn(rewards_PG).reshape(-1)
+            rewards_PG = torch.tensor([self.task.score(items[i // G], t) for i, t in enumerate(texts)]).view(-1, G)
+            advantages_B = self.advantage_fn(rewards_PG).reshape(-1)  # per group: a group never spans ranks
+        if self.ranks.distributed:
+            rollout, rewards_PG, advantages_B = self._gather_rollouts(rollout, rewards_PG, advantages_B)
         batch = self._build_batch(rollout, advantages_B)
         metrics = rollout_metrics(rollout, rewards_PG, advantages_B)
         with timer.phase(M.TIME_OLD_LOGP):
@@ -152,6 +189,13 @@ class Trainer:
         metrics[M.ROLLOUT_TOKENS_PER_S] = rollout.num_tokens / max(times[M.TIME_ROLLOUT], 1e-9)
         return metrics
 
+    def _gather_rollouts(self, rollout: Rollout, rewards_PG: torch.Tensor, advantages_B: torch.Tensor):
+        """Every rank's share, concatenated in rank (= prompt) order: the whole batch on every rank."""
+        shares = self.ranks.gather((rollout, rewards_PG, advantages_B))
+        merged = Rollout(*([row for share, _, _ in shares for row in getattr(share, name)]
+                           for name in ("prompt_ids", "completion_ids", "sampler_logps", "finish_reasons")))
+        return merged, torch.cat([r for _, r, _ in shares]), torch.cat([a for _, _, a in shares])
+
     def _encode(self, prompt: str) -> list[int]:
         ids = encode_prompt(self.tokenizer, prompt)
         if len(ids) > self.cfg.rollout.max_prompt_tokens:
@@ -169,21 +213,30 @@ class Trainer:
         return TrainBatch(ids, attention, response.to(dtype), advantages_B.to(dtype), sampler_logp_BT=sampler.to(dtype),
                           group_ids_B=torch.arange(len(ids)) // G)
 
-    def _microbatches(self, batch: TrainBatch):
-        """(row slice, column slice, trimmed microbatch on the training device) in batch order."""
-        size = self.cfg.optim.microbatch_size
-        for start in range(0, batch.size, size):
-            rows = slice(start, start + size)
-            mb, cols = batch.select(rows).trimmed()
-            yield rows, cols, mb.to(self.device)
+    def _own_rows(self, batch: TrainBatch) -> list[slice]:
+        """Row slices of the microbatches this rank trains on, over all minibatches (all of them on one
+        process): the rows whose pi_old / reference log-probs it needs."""
+        o = self.cfg.optim
+        mini = batch.size // o.minibatches_per_step
+        return [slice(m * mini + rows.start, m * mini + rows.stop) for m in range(o.minibatches_per_step)
+                for _, rows in plan_microbatches(mini, o.microbatch_size, self.ranks.world_size, self.ranks.rank)]
 
     @torch.no_grad()
     def _forward_logp(self, model, batch: TrainBatch) -> torch.Tensor:
-        """Log-probs of the whole batch, microbatch by microbatch, in the batch's padded layout."""
+        """Log-probs of this rank's microbatches in the batch's padded layout (other rows stay 0: unread)."""
         out = torch.zeros_like(batch.response_mask_BT)
-        for rows, cols, mb in self._microbatches(batch):
-            out[rows, cols] = sequence_logprobs(model, mb).to(out.dtype).cpu()
+        for rows in self._own_rows(batch):
+            mb, cols = batch.select(rows).trimmed()
+            out[rows, cols] = sequence_logprobs(model, mb.to(self.device)).to(out.dtype).cpu()
         return out
+
+    def _local_work(self, minibatch: TrainBatch):
+        """(global microbatch index, trimmed microbatch on the device, sync context) of this rank."""
+        size = self.cfg.optim.microbatch_size
+        if self.dp is not None:
+            return self.dp.local_work(minibatch, size, self.device)
+        plan = plan_microbatches(minibatch.size, size, 1, 0)
+        return [(g, minibatch.select(rows).trimmed()[0].to(self.device), None) for g, rows in plan]
 
     # ----------------------------------------------------------------------------------------------
     def _update(self, batch: TrainBatch, step: int) -> dict[str, float]:
@@ -197,30 +250,39 @@ class Trainer:
                 minibatch = batch.select(slice(m * mini_size, (m + 1) * mini_size))
                 totals = BatchTotals.of(minibatch, mini_size // o.microbatch_size, max_len)
                 self.optimizer.zero_grad(set_to_none=True)
-                for _, _, mb in self._microbatches(minibatch):
-                    with self.algorithm.backward_context(self.model, mb, totals):
-                        logp_BT, entropy_BT = sequence_logprobs(self.model, mb, with_entropy=True)
-                        loss, algo_metrics = self.algorithm.loss(logp_BT, mb, totals)
-                        if not torch.isfinite(loss):
-                            raise NonFiniteError(self._nonfinite_message(step, "loss", float(loss)))
-                        loss.backward()
-                    sums.add_sum(M.LOSS, float(loss.detach()))
-                    sums.add_weighted(M.ENTROPY, float((entropy_BT * mb.response_mask_BT).sum()), float(mb.response_mask_BT.sum()))
-                    sums.add_mean(algo_metrics)
+                nonfinite_loss = []
+                for g, mb, sync in self._local_work(minibatch):
+                    out = microbatch_backward(self.algorithm, self.model, mb, totals, forward_model=self.forward_model,
+                                              global_index=g, sync_context=sync, with_entropy=True,
+                                              check_loss=lambda loss: self._check_loss(loss, step, nonfinite_loss))
+                    sums.add_sum(M.LOSS, out.loss)
+                    sums.add_weighted(M.ENTROPY, float((out.entropy_BT * mb.response_mask_BT).sum()), float(mb.response_mask_BT.sum()))
+                    sums.add_mean(out.metrics)
                     if epoch == 0 and m == 0:
-                        first_pass_logp.append((mb, logp_BT.detach()))
+                        first_pass_logp.append((mb, out.logp_BT))
                 sums.add_mean(self.algorithm.finalize_grads(self.model))
                 sums.end_optimizer_step()
+                if self.ranks.any(bool(nonfinite_loss)):  # every rank stops together
+                    raise NonFiniteError(self._nonfinite_message(step, "loss", nonfinite_loss[0] if nonfinite_loss else math.nan))
                 sums.add_mean(self._clip_and_step(step))
-        metrics = sums.result()
+        metrics = MetricSums.merge(self.ranks.gather(sums)).result()
         metrics[M.LR] = self.scheduler.get_last_lr()[0]
         metrics |= self._mismatch(first_pass_logp)
         return metrics
 
+    def _check_loss(self, loss: torch.Tensor, step: int, found: list[float]) -> None:
+        """One process stops at once; under data parallelism the rank records it and all ranks raise
+        together after the microbatch loop (a lone raise would leave the others waiting in a collective)."""
+        if torch.isfinite(loss):
+            return
+        if not self.ranks.distributed:
+            raise NonFiniteError(self._nonfinite_message(step, "loss", float(loss)))
+        found.append(float(loss))
+
     def _clip_and_step(self, step: int) -> dict[str, float]:
         params = [p for p in self.model.parameters() if p.grad is not None]
         max_norm = self.cfg.optim.grad_clip if self.cfg.optim.grad_clip > 0 else math.inf
-        norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+        norm = grad_norm_value(torch.nn.utils.clip_grad_norm_(params, max_norm))  # global: gradients are reduced
         if not math.isfinite(norm):
             raise NonFiniteError(self._nonfinite_message(step, "gradient norm", norm))
         self.optimizer.step()
@@ -264,6 +326,7 @@ class MetricSums:
 
     def __init__(self):
         self._step_sums: dict[str, float] = {}
+        self._per_step: dict[str, list[float]] = {}
         self._totals: dict[str, list[float]] = {}
         self._weighted: dict[str, list[float]] = {}
 
@@ -280,11 +343,30 @@ class MetricSums:
             self._totals.setdefault(name, []).append(float(value))
 
     def end_optimizer_step(self) -> None:
-        self.add_mean(self._step_sums)
+        for name, value in self._step_sums.items():
+            self._per_step.setdefault(name, []).append(value)
         self._step_sums = {}
 
+    @staticmethod
+    def merge(ranks: list["MetricSums"]) -> "MetricSums":
+        """Data-parallel ranks' sums as one process would have them: per-step sums (the loss) add up step
+        by step; per-microbatch means pool every rank's microbatches; weighted means pool numerators and
+        weights."""
+        if len(ranks) == 1:
+            return ranks[0]
+        out = MetricSums()
+        for r in ranks:
+            for name, values in r._per_step.items():
+                acc = out._per_step.setdefault(name, [0.0] * len(values))
+                out._per_step[name] = [a + v for a, v in zip(acc, values)]
+            for name, values in r._totals.items():
+                out._totals.setdefault(name, []).extend(values)
+            for name, (value_sum, weight) in r._weighted.items():
+                out.add_weighted(name, value_sum, weight)
+        return out
+
     def result(self) -> dict[str, float]:
-        out = {name: sum(v) / len(v) for name, v in self._totals.items()}
+        out = {name: sum(v) / len(v) for name, v in (self._totals | self._per_step).items()}
         out |= {name: s / max(w, 1e-12) for name, (s, w) in self._weighted.items()}
         return out
 

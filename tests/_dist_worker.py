@@ -11,7 +11,6 @@ Under ddp it also runs the controls that must fail: the loss-times-world-size tr
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import json
 import sys
@@ -24,7 +23,8 @@ from transformers import Qwen3Config, Qwen3ForCausalLM
 
 from isopo_bench.batch import BatchTotals, TrainBatch, pad_and_stack, sequence_logprobs
 from isopo_bench.config import AlgorithmConfig, IsopoConfig, RunConfig
-from isopo_bench.distributed import DataParallel, attach_stats_reducer, grad_norm_value, local_microbatches, microbatch_backward
+from isopo_bench.algorithm_api import microbatch_backward
+from isopo_bench.distributed import DataParallel, attach_stats_reducer, grad_norm_value, local_microbatches
 from isopo_bench.plugins import ALGORITHMS
 
 VOCAB, MICRO, MINI, STEPS, MAX_LEN = 40, 2, 8, 2, 16
@@ -86,7 +86,7 @@ def train(name: str, data: list[TrainBatch], dp: DataParallel | None = None, mod
         else:
             totals = BatchTotals.of(minibatch, MINI // MICRO, MAX_LEN)
             for g, mb in local_microbatches(minibatch, MICRO, 1, 0):
-                microbatch_backward(algo, model, contextlib.nullcontext(), model, g, mb, totals)
+                microbatch_backward(algo, model, mb, totals, global_index=g)
         algo.finalize_grads(module)
         grads.append({n: full(p.grad) for n, p in module.named_parameters() if p.grad is not None})
         grad_norm_value(torch.nn.utils.clip_grad_norm_(module.parameters(), 1.0))

@@ -16,6 +16,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, Qwen3Config, Qwen3ForCau
 
 from isopo_bench.aggregation import aggregate
 from isopo_bench.algorithms._isopo_stats import draw_probes, probe_generator
+from isopo_bench.algorithm_api import accumulate
 from isopo_bench.batch import BatchTotals, TrainBatch, pad_and_stack, sequence_logprobs
 from isopo_bench.config import AlgorithmConfig, IsopoConfig, RunConfig
 from isopo_bench.plugins import ALGORITHMS
@@ -68,13 +69,7 @@ def totals_of(mbs: list[TrainBatch]) -> BatchTotals:
 def algo_step(model, algo, mbs: list[TrainBatch]) -> dict[str, float]:
     """One optimizer step's gradient, driven exactly as the trainer does."""
     totals = totals_of(mbs)
-    model.zero_grad(set_to_none=True)
-    for mb in mbs:
-        with algo.backward_context(model, mb, totals):
-            logp = sequence_logprobs(model, mb)
-            loss, _ = algo.loss(logp, mb, totals)
-            loss.backward()
-    return algo.finalize_grads(model)
+    return accumulate(algo, model, mbs, totals)
 
 
 def algo_grads(model, cfg: RunConfig, mbs: list[TrainBatch]) -> dict[str, torch.Tensor | None]:

@@ -1,0 +1,145 @@
+"""`isopo-bench train` under torchrun with 2 ranks (DDP, gloo on CPU) equals the same run in one process.
+
+To make the two runs comparable end to end, rollouts must not depend on how prompts are split over ranks:
+the launcher registers a task whose reward is a deterministic function of the completion text and an
+advantage equal to that reward, and sampling is greedy, so both runs generate, score and train on the same
+batch. Then the whole trainer path is under test: rollout shares, the gather, pi_old rows per rank, the
+global microbatch plan, the SUM reduction, ISOPO's reduced statistics, merged metrics, rank-0 logging,
+checkpoints and export. The update-level equivalence for every algorithm and FSDP2 is tests/test_distributed.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+from safetensors.torch import load_file
+
+from isopo_bench import metric_names as M
+
+LAUNCHER = """
+import sys, torch
+from isopo_bench.plugins import ADVANTAGES, TASKS
+from isopo_bench.tasks.arithmetic import Arithmetic
+
+@TASKS.register("text-shaped")
+class TextShaped(Arithmetic):
+    # A reward the random tiny model earns: it depends only on the completion text.
+    def score(self, item, completion):
+        return (sum(map(ord, completion)) % 7) / 6.0
+
+@ADVANTAGES.register("raw-reward")
+def raw_reward(rewards_PG):
+    return rewards_PG - 0.5
+
+from isopo_bench.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+WORLD = 2
+
+
+def train_args(root: Path, name: str, algorithm: str, steps: int, world: int) -> list[str]:
+    return ["train", "--preset", "tiny-smoke", "--algorithm.name", algorithm, "--task.name", "text-shaped",
+            "--algorithm.advantage", "raw-reward", "--rollout.temperature", "0", "--rollout.prompts-per-step", "4",
+            "--rollout.samples-per-prompt", "2", "--optim.minibatches-per-step", "2", "--optim.microbatch-size", "2",
+            "--optim.steps", str(steps), "--optim.lr", "1e-3", "--eval.every", "2", "--tracking.checkpoint-every", "1",
+            "--tracking.uri", f"sqlite:///{root}/mlflow.db", "--tracking.experiment", name,
+            "--tracking.output-dir", str(root / name), "--threads", "1", "--parallel.world-size", str(world)]
+
+
+def command(root: Path, world: int) -> list[str]:
+    launcher = root / "launch.py"
+    launcher.write_text(LAUNCHER)
+    if world == 1:
+        return [sys.executable, str(launcher)]
+    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or shutil.which("torchrun")
+    return [torchrun, "--standalone", f"--nproc_per_node={world}", str(launcher)]
+
+
+def run(root: Path, name: str, algorithm: str, world: int, steps: int = 3, extra: tuple = ()) -> subprocess.CompletedProcess:
+    env = os.environ | {"OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
+    proc = subprocess.run([*command(root, world), *train_args(root, name, algorithm, steps, world), *extra],
+                          capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    return proc
+
+
+def record(root: Path, name: str):
+    client = MlflowClient(f"sqlite:///{root}/mlflow.db")
+    runs = client.search_runs([client.get_experiment_by_name(name).experiment_id])
+    assert len(runs) == 1, f"{len(runs)} MLflow runs for one training run"
+    run_ = runs[0]
+    history = {k: [(m.step, m.value) for m in client.get_metric_history(run_.info.run_id, k)] for k in run_.data.metrics}
+    return run_, history
+
+
+def final_weights(root: Path, name: str) -> dict[str, torch.Tensor]:
+    (folder,) = (root / name).glob("*/final_model")
+    return load_file(str(next(folder.glob("*.safetensors"))))
+
+
+@pytest.mark.distributed
+@pytest.mark.slow
+@pytest.mark.parametrize("algorithm", ["grpo", "isopo"])
+def test_two_rank_training_run_equals_one_process(workdir, algorithm):
+    run(workdir, "one", algorithm, world=1)
+    run(workdir, "two", algorithm, world=WORLD)
+    one, h1 = record(workdir, "one")
+    two, h2 = record(workdir, "two")
+    assert one.info.status == two.info.status == "FINISHED"
+    assert two.data.params["parallel.world_size"] == str(WORLD)
+    # Replicas agreed at every checkpoint.
+    assert [v for _, v in h2[M.PARALLEL_PARAM_SPREAD]] == [0.0, 0.0, 0.0]
+    # Same batch, same reward statistics; same update: loss (a sum of the ranks' shares), gradient norm,
+    # eval accuracy and final weights.
+    for name in (M.REWARD_MEAN, M.ROLLOUT_TOKENS, M.LOSS, M.GRAD_NORM, M.EVAL_ACCURACY):
+        assert [s for s, _ in h2[name]] == [s for s, _ in h1[name]], name
+        assert [v for _, v in h2[name]] == pytest.approx([v for _, v in h1[name]], rel=1e-4, abs=1e-6), name
+    assert h1[M.GRAD_NORM][-1][1] > 0
+    w1, w2 = final_weights(workdir, "one"), final_weights(workdir, "two")
+    assert sorted(w1) == sorted(w2)
+    for key in w1:
+        torch.testing.assert_close(w2[key], w1[key], rtol=0, atol=2e-5, msg=key)
+
+
+@pytest.mark.distributed
+@pytest.mark.slow
+def test_two_rank_run_killed_and_resumed_continues_one_mlflow_run(workdir):
+    env = os.environ | {"OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
+    args = [*command(workdir, WORLD), *train_args(workdir, "killed", "isopo-interacting", 8, WORLD)]
+    # A new session, so the SIGKILL reaches torchrun and both ranks.
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    state_files = lambda: list((workdir / "killed").glob("*/checkpoint/trainer_state.json"))
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        files = state_files()
+        if files and json.loads(files[0].read_text())["step"] >= 3:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run finished before it could be killed"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    killed_at = json.loads(state_files()[0].read_text())["step"]
+    assert 3 <= killed_at < 8
+    run(workdir, "killed", "isopo-interacting", world=WORLD, steps=8, extra=("--resume",))
+    run_, history = record(workdir, "killed")
+    assert run_.info.status == "FINISHED"
+    steps = [s for s, _ in history[M.REWARD_MEAN]]
+    assert steps == list(range(1, 9)), steps  # nothing missing, nothing logged twice
+    assert all(v == 0.0 for _, v in history[M.PARALLEL_PARAM_SPREAD])
+
+
+def test_world_size_must_match_the_launch(workdir):
+    proc = subprocess.run([*command(workdir, 1), *train_args(workdir, "bad", "reinforce", 1, WORLD)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1
+    assert "parallel.world_size" in proc.stderr and "torchrun --standalone --nproc_per_node 2" in proc.stderr
