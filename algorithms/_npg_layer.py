@@ -1,8 +1,8 @@
 """npg_rank1's per-Linear rule: ISOPO's LinearRule (same custom autograd Function, masks, plans, EMA keys)
 with the advantages transformed by the chosen Fisher samples (algorithms/_npg_math.py).
 
-Cost per layer on top of the ordinary weight gradient, by setting: `one` needs tr K (the per-sequence
-norms) and one row of K; `own` only the norms (as non-interacting ISOPO with p = 2); `mean` and `all` the
+Cost per layer on top of the ordinary weight gradient, by setting: `one` needs one row of K (its damping
+scale is the sampled sequence's own K_jj, see `_advantages`); `own` only the norms (as non-interacting ISOPO with p = 2); `mean` and `all` the
 full K (as interacting ISOPO). Norms and rows come from materialised G_i when the cost plan keeps them
 (then the final gradient is a B-term sum of them), else from ghost products.
 """
@@ -60,16 +60,18 @@ class NpgLinearRule(LinearRule):
         if self.fisher == "mean":
             K, G = self._full_ntk(a, g, plan)
             A_t = N.adv_mean(K.sum(dim=1), A, self._damping(K.diagonal().sum() / B))
+        elif self.fisher == "one":
+            j = N.sample_index(mc.seed, mc.step, mc.micro, B)
+            G = self._seq_grads(a, g) if plan == "materialise" else None
+            K_jB = G.flatten(1) @ G[j].flatten() if G is not None else N.ghost_row(a, g, j)
+            # Damping scale from K_jj = |G_j|^2: for the uniformly drawn j it is an unbiased estimate of tr K / B
+            # (the EMA averages it over microbatches and steps) and it is already in the row. The exact trace
+            # would need every sequence's norm, which costs as much again as the row itself.
+            A_t = N.adv_one(K_jB, A, j, self._damping(K_jB[j]))
         else:
             G, norms_B = self._euclid_norms(x, a, g, plan)
             diag_B = norms_B**2
-            lam = self._damping(diag_B.sum() / B)
-            if self.fisher == "own":
-                A_t = N.adv_own(diag_B, A, lam)
-            else:
-                j = N.sample_index(mc.seed, mc.step, mc.micro, B)
-                K_jB = G.flatten(1) @ G[j].flatten() if G is not None else N.ghost_row(a, g, j)
-                A_t = N.adv_one(K_jB, A, j, lam)
+            A_t = N.adv_own(diag_B, A, self._damping(diag_B.sum() / B))
         mc.metrics.add("algo/npg_adv_ratio_mean", A_t.norm() / (A.norm() + M.EPS_NORM))
         return A_t, G
 

@@ -14,7 +14,12 @@ import numpy as np
 import torch
 from safetensors.torch import load_model, save_model
 
+from isopo_bench.errors import IsopoBenchError
+
 CHECKPOINT_DIR = "checkpoint"
+FULL_STATES = "full_states.pt"
+"""Written instead of model.safetensors by FSDP2 runs: gathered (unsharded) model and optimizer state dicts
+keyed by parameter name (torch.distributed.checkpoint.state_dict's full format)."""
 
 
 def rng_state() -> dict:
@@ -32,14 +37,20 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_checkpoint(run_dir: Path, model, optimizer, scheduler, algorithm, trainer_state: dict) -> Path:
+def save_checkpoint(run_dir: Path, model, optimizer, scheduler, algorithm, trainer_state: dict,
+                    full_states: tuple[dict, dict] | None = None) -> Path:
+    """`full_states` = (model, optimizer) state dicts gathered from FSDP2 shards; None: read them from
+    `model` and `optimizer` (one process or DDP)."""
     final = run_dir / CHECKPOINT_DIR
     tmp = run_dir / f"{CHECKPOINT_DIR}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    save_model(model, str(tmp / "model.safetensors"))  # handles tied lm_head/embedding
+    if full_states is None:
+        save_model(model, str(tmp / "model.safetensors"))  # handles tied lm_head/embedding
+    else:
+        torch.save({"model": full_states[0], "optimizer": full_states[1]}, tmp / FULL_STATES)
     torch.save(
-        {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+        {"optimizer": optimizer.state_dict() if full_states is None else None, "scheduler": scheduler.state_dict(),
          "algorithm": algorithm.state_dict(), "rng": rng_state()},
         tmp / "training_state.pt",
     )
@@ -63,22 +74,36 @@ def read_trainer_state(run_dir: Path) -> dict | None:
     return json.loads(path.read_text())
 
 
-def load_checkpoint(run_dir: Path, model, optimizer, scheduler, algorithm) -> dict:
+def load_checkpoint(run_dir: Path, model, optimizer, scheduler, algorithm, restore_full=None) -> dict:
+    """`restore_full(model_state, optimizer_state)` scatters gathered FSDP2 states back into the shards;
+    required for (and only for) a checkpoint an FSDP2 run wrote."""
     folder = run_dir / CHECKPOINT_DIR
-    load_model(model, str(folder / "model.safetensors"), device=str(next(model.parameters()).device))
     state = torch.load(folder / "training_state.pt", weights_only=False)
-    optimizer.load_state_dict(state["optimizer"])
+    if (folder / FULL_STATES).exists() != (restore_full is not None):
+        raise IsopoBenchError(
+            f"the checkpoint in {folder} was written by a run {'with' if restore_full is None else 'without'} FSDP2 "
+            "sharding. Fix: resume with the same --parallel.mode as the run that wrote it")
+    if restore_full is not None:
+        full = torch.load(folder / FULL_STATES, weights_only=False)
+        restore_full(full["model"], full["optimizer"])
+    else:
+        load_model(model, str(folder / "model.safetensors"), device=str(next(model.parameters()).device))
+        optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     algorithm.load_state_dict(state["algorithm"])
     set_rng_state(state["rng"])
     return json.loads((folder / "trainer_state.json").read_text())
 
 
-def export_model(model, tokenizer, folder: Path) -> Path:
-    """A plain save_pretrained folder (for evaluation harnesses and other engines)."""
+def export_model(model, tokenizer, folder: Path, state_dict: dict | None = None) -> Path:
+    """A plain save_pretrained folder (for evaluation harnesses and other engines); `state_dict`: the
+    gathered weights of an FSDP2-sharded model."""
     tmp = folder.with_name(folder.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
+    if state_dict is not None and getattr(model.config, "tie_word_embeddings", False):
+        # Gathered weights are separate tensors: drop the tied head, as save_pretrained does for a plain model.
+        state_dict = {k: v for k, v in state_dict.items() if k != "lm_head.weight"}
+    model.save_pretrained(tmp, state_dict=state_dict)
     tokenizer.save_pretrained(tmp)
     shutil.rmtree(folder, ignore_errors=True)
     os.replace(tmp, folder)

@@ -406,4 +406,5 @@ class NpgConfig:
     layer: `one` = one sequence of the microbatch (seeded draw), `own` = each sequence's own score, `mean` = the
     mean score, `all` = all sequences (= isopo-interacting)."""
     damping: float = 1.0
-    """c: lambda = c * EMA[tr K / B] (mean squared per-sequence layer-gradient norm), as interacting ISOPO."""
+    """c: lambda = c * EMA[tr K / B] (mean squared per-sequence layer-gradient norm), as interacting ISOPO;
+    `one` estimates tr K / B by the sampled sequence's own |G_j|^2 (unbiased, and free given K's row j)."""

@@ -215,3 +215,31 @@ def init_process_group_from_env() -> tuple[int, int]:
         if backend == "nccl":
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
     return dist.get_rank(), dist.get_world_size()
+
+
+# ------------------------------------------------------------------------------------------ FSDP2 states
+def full_model_state(module: nn.Module) -> dict[str, torch.Tensor]:
+    """The unsharded state dict of an FSDP2 model on every rank (a collective: all ranks call it)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    return get_model_state_dict(module, options=StateDictOptions(full_state_dict=True))
+
+
+def full_states(module: nn.Module, optimizer) -> tuple[dict, dict]:
+    """(model, optimizer) state dicts gathered from the shards, keyed by parameter name (a collective)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+    options = StateDictOptions(full_state_dict=True)
+    return full_model_state(module), get_optimizer_state_dict(module, optimizer, options=options)
+
+
+def restore_full_states(module: nn.Module, optimizer):
+    """A function scattering gathered (model, optimizer) states back into this rank's shards."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict, set_optimizer_state_dict
+
+    options = StateDictOptions(full_state_dict=True)
+
+    def restore(model_state: dict, optimizer_state: dict) -> None:
+        set_model_state_dict(module, model_state, options=options)
+        set_optimizer_state_dict(module, optimizer, optim_state_dict=optimizer_state, options=options)
+    return restore

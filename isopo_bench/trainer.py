@@ -27,7 +27,10 @@ from isopo_bench.algorithm_api import microbatch_backward
 from isopo_bench.batch import BatchTotals, TrainBatch, pad_and_stack, sequence_logprobs
 from isopo_bench.checkpoint import export_model, load_checkpoint, save_checkpoint
 from isopo_bench.config import RunConfig
-from isopo_bench.distributed import DataParallel, grad_norm_value, plan_microbatches, rollout_share
+from isopo_bench.distributed import (
+    DataParallel, full_model_state, full_states, grad_norm_value, plan_microbatches, restore_full_states,
+    rollout_share,
+)
 from isopo_bench.errors import NonFiniteError
 from isopo_bench.evaluation import evaluate
 from isopo_bench.models import encode_prompt, load_policy, load_tokenizer, model_source, resolve_device
@@ -74,6 +77,7 @@ class Trainer:
         # the plain module (hooks, checkpoints, engines); `self.forward_model` is what training batches run through.
         self.dp = DataParallel.setup(self.model, self.algorithm, cfg.parallel.mode) if self.ranks.distributed else None
         self.forward_model = self.dp.forward_model if self.dp else self.model
+        self.sharded = self.dp is not None and self.dp.mode == "fsdp2"
         self.engine = ENGINES.get(cfg.rollout.engine)(cfg, self.source, self.tokenizer, self.model)
         self.optimizer, self.scheduler = build_optimizer(self.model, cfg.optim)
         self.timer = PhaseTimer(self.device)
@@ -101,8 +105,9 @@ class Trainer:
                 self.store.start(self.task, descriptive)
             # Rank 0 decides (and repairs a checkpoint swap a crash interrupted) before any rank reads it.
             if self.ranks.gather(self.store.has_checkpoint() if main else None)[0]:
-                self.state = load_checkpoint(self.run_dir, self.model, self.optimizer, self.scheduler, self.algorithm)
-                self.engine.sync_weights(self.model)
+                restore = restore_full_states(self.model, self.optimizer) if self.sharded else None
+                self.state = load_checkpoint(self.run_dir, self.model, self.optimizer, self.scheduler, self.algorithm, restore)
+                self._sync_engine()
                 log.info("resumed %s at step %d", self.run_dir, self.state["step"])
             elif cfg.eval.at_start and main:
                 self._evaluate(step=0)
@@ -113,13 +118,14 @@ class Trainer:
                 if self._eval_due(step) and main:
                     metrics |= self._evaluate(step)
                 self.state["step"] = step
-                if self._checkpoint_due(step):
-                    if self.ranks.distributed:  # replicas must agree; a silent drift would corrupt the run
-                        metrics[M.PARALLEL_PARAM_SPREAD] = checksum_spread(self.ranks, self.model)
-                    if main:
-                        save_checkpoint(self.run_dir, self.model, self.optimizer, self.scheduler, self.algorithm, self.state)
-                if main:
+                checkpoint = self._checkpoint_due(step)
+                if checkpoint and self.ranks.distributed and not self.sharded:
+                    # Replicas must agree; a silent drift would corrupt the run.
+                    metrics[M.PARALLEL_PARAM_SPREAD] = checksum_spread(self.ranks, self.model)
+                if main:  # metrics before the checkpoint: a run resumed from it must not miss this step's
                     self.store.tracker.log_metrics(metrics, step)
+                if checkpoint:
+                    self._checkpoint()
                 bar.set_postfix(reward=f"{metrics[M.REWARD_MEAN]:.3f}", acc=self.state["last_accuracy"])
         except NonFiniteError as exc:
             if main:
@@ -132,13 +138,24 @@ class Trainer:
             raise
         finally:
             self.engine.close()
+        weights = full_model_state(self.model) if self.sharded else None  # a collective: every rank
         if main:
-            export_model(self.model, self.tokenizer, self.run_dir / "final_model")
+            export_model(self.model, self.tokenizer, self.run_dir / "final_model", weights)
             self.store.finish(self.state)
         self.ranks.barrier()  # no rank leaves (and tears down the group) while rank 0 still writes
         self.ranks.close()
         return RunResult(self.store.tracker.run_id if main else None, self.run_dir, "FINISHED", self.state["step"],
                          self.state["last_accuracy"])
+
+    def _checkpoint(self) -> None:
+        """Every rank takes part (gathering FSDP2 shards is a collective); rank 0 writes."""
+        gathered = full_states(self.model, self.optimizer) if self.sharded else None
+        if self.ranks.is_main:
+            save_checkpoint(self.run_dir, self.model, self.optimizer, self.scheduler, self.algorithm, self.state, gathered)
+
+    def _sync_engine(self) -> None:
+        """Every rank syncs its own engine (under FSDP2 the vLLM engine gathers the shards: a collective)."""
+        self.engine.sync_weights(self.model)
 
     def _eval_due(self, step: int) -> bool:
         every = self.cfg.eval.every
@@ -180,7 +197,7 @@ class Trainer:
         with timer.phase(M.TIME_UPDATE):
             metrics |= self._update(batch, step)
         with timer.phase(M.TIME_SYNC):
-            self.engine.sync_weights(self.model)
+            self._sync_engine()
         times = timer.pop()
         metrics |= {name: times.get(name, 0.0) for name in M.TIME_PHASES if name != M.TIME_EVAL}
         metrics[M.TIME_STEP] = sum(v for k, v in times.items() if k != M.TIME_EVAL)

