@@ -7,7 +7,7 @@ Algorithm presets set only the algorithm section and compose with any run preset
 from __future__ import annotations
 
 from isopo_bench.config import (
-    AlgorithmConfig, EvalConfig, IsopoConfig, ModelConfig, OptimConfig, RolloutConfig, RunConfig, TaskConfig,
+    AlgorithmConfig, EvalConfig, IsopoConfig, ModelConfig, NpgConfig, OptimConfig, RolloutConfig, RunConfig, TaskConfig,
     VllmConfig, replace,
 )
 from isopo_bench.errors import UnknownNameError
@@ -28,6 +28,8 @@ ALGORITHM_PRESETS: dict[str, AlgorithmConfig] = {
     "isopo-reinforce-limit": AlgorithmConfig(name="isopo", isopo=IsopoConfig(p=0.0, q=0.0, r=0.0)),
     "isopo-faithful": AlgorithmConfig(name="isopo", isopo=IsopoConfig(mode="faithful")),
     "isopo-interacting-faithful": AlgorithmConfig(name="isopo-interacting", isopo=IsopoConfig(mode="faithful")),
+    # The damped rank-1 natural gradient (SEED_METHODS.md): one sampled Fisher sequence per microbatch.
+    "npg_rank1": AlgorithmConfig(name="npg_rank1", npg=NpgConfig(fisher="one", damping=1.0)),
 }
 
 
