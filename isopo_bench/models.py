@@ -11,6 +11,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 from pathlib import Path
 
 import torch
@@ -91,8 +92,15 @@ def tiny_model_dir(cfg: ModelConfig, seed: int) -> Path:
     tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
-    tmp.replace(folder) if not folder.exists() else None
-    log.info("built tiny model at %s", folder)
+    try:
+        tmp.replace(folder)
+    except OSError:
+        # Another process (a parallel suite worker) built the same folder first: its copy is identical.
+        if not (folder / "config.json").exists():
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)
+    else:
+        log.info("built tiny model at %s", folder)
     return folder
 
 

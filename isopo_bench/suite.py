@@ -5,25 +5,24 @@ ledger: a run FINISHED there is not redone; a run whose folder exists (killed, c
 its checkpoint in the same MLflow run; a FAILED run is kept as a result (a diverged learning rate is one)
 unless --retry-failed. A failing run is recorded as FAILED and the suite goes on.
 
-With --workers N > 1 runs execute in N spawned processes with one torch thread each (two single-thread
-workers use two cores better than one two-thread run: the tiny model's ops are too small to split).
-Workers die with the runner (PR_SET_PDEATHSIG), so a killed suite never leaves a run training unseen.
+Where runs execute is --backend's choice (isopo_bench.suite_backends): `local` (serial, or --workers N
+spawned processes with one torch thread each, dying with the runner), `ray` (one Ray task per run on a
+cluster, or on a loopback-only instance started here) or `slurm` (one submitit job per run). On every
+backend the ledger decides what is done, so an interrupted suite resumes by running the same command again.
 """
 
 from __future__ import annotations
 
 import argparse
-import concurrent.futures as cf
 import dataclasses
 import logging
-import multiprocessing
 import os
-import sys
 import time
 from pathlib import Path
 
 from isopo_bench.config import RunConfig, replace
 from isopo_bench.errors import IsopoBenchError
+from isopo_bench.suite_backends import BACKENDS, Outcome, check_backend, run_backend
 from isopo_bench.suites import SUITES, Suite, estimate_lines, get_suite, param_count
 
 log = logging.getLogger(__name__)
@@ -38,17 +37,26 @@ class SuiteOptions:
     """Parent folder of the run folders (checkpoints)."""
     experiment: str = "isopo-bench"
     workers: int = 1
+    """Runs at a time on this machine: local backend, local Ray instance, --slurm-cluster local."""
     retry_failed: bool = False
-
-
-@dataclasses.dataclass
-class Outcome:
-    cfg: RunConfig
-    status: str
-    """FINISHED, FAILED, or SKIPPED-FINISHED / SKIPPED-FAILED for runs the ledger already held."""
-    seconds: float = 0.0
-    accuracy: float | None = None
-    error: str = ""
+    backend: str = "local"
+    """local, ray or slurm (isopo_bench.suite_backends)."""
+    ray_address: str = ""
+    """Ray cluster to run on (`auto`, `ray://HOST:10001`); empty = start a loopback-only instance here."""
+    cpus_per_run: float = 1
+    """CPUs each run asks the cluster for (ray, slurm); also its torch threads."""
+    gpus_per_run: float = 0
+    """GPUs each run asks for (ray: may be fractional; slurm: whole)."""
+    slurm_partition: str = ""
+    """Empty = the cluster's default partition."""
+    slurm_time_min: int = 240
+    """Job time limit; a run killed by it resumes from its checkpoint on the next invocation."""
+    slurm_mem_gb: float = 0
+    """Memory per job; 0 = the partition's default."""
+    slurm_folder: str = ""
+    """submitit's job folder (scripts, logs, results, jobs.json); empty = OUTPUT_DIR/slurm."""
+    slurm_cluster: str = "slurm"
+    """`local` runs the jobs as local processes through the same code path (trying it out, tests)."""
 
 
 # ------------------------------------------------------------------------------------------------
@@ -135,57 +143,6 @@ def plan(configs: list[RunConfig], statuses: dict[str, str], retry_failed: bool)
 
 
 # ------------------------------------------------------------------------------------------------
-def execute(cfg: RunConfig, resume: bool) -> Outcome:
-    """Train one run; any exception becomes a FAILED outcome (and a FAILED MLflow record)."""
-    from isopo_bench.trainer import train
-
-    start = time.perf_counter()
-    try:
-        result = train(cfg, resume=resume)
-    except Exception as exc:  # noqa: BLE001 - one bad run must not stop the suite
-        message = f"{type(exc).__name__}: {exc}"
-        _mark_failed(cfg, message)
-        return Outcome(cfg, "FAILED", time.perf_counter() - start, error=message)
-    return Outcome(cfg, result.status, time.perf_counter() - start, result.final_accuracy)
-
-
-def _mark_failed(cfg: RunConfig, message: str) -> None:
-    """The trainer marks failures inside its loop; one raised while loading or saving would leave the
-    MLflow run RUNNING (read as incomplete), so close it here."""
-    import json
-
-    from mlflow.tracking import MlflowClient
-
-    from isopo_bench import metric_names as M
-    from isopo_bench.run_store import RUN_INFO, run_dir_for
-
-    info = run_dir_for(cfg) / RUN_INFO
-    if not info.exists():
-        return
-    data = json.loads(info.read_text())
-    client = MlflowClient(data["tracking_uri"])
-    if client.get_run(data["run_id"]).info.status == "RUNNING":
-        client.set_tag(data["run_id"], M.TAG_STATUS_DETAIL, message[:4000])
-        client.set_terminated(data["run_id"], "FAILED")
-
-
-def _init_worker() -> None:
-    """Spawned worker: one thread, no per-run progress bars (the runner reports progress), and death
-    with the parent so a SIGKILLed suite leaves no orphan training a run."""
-    os.environ.update(OMP_NUM_THREADS="1", TQDM_DISABLE="1", HF_HUB_DISABLE_PROGRESS_BARS="1",
-                      TRANSFORMERS_VERBOSITY="error")
-    if sys.platform.startswith("linux"):
-        import ctypes
-        import signal
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG = 1
-        if os.getppid() == 1:  # the parent died before prctl took effect
-            os._exit(1)
-    import torch
-
-    torch.set_num_threads(1)
-
-
 class Progress:
     """Log lines `[i/N] STATUS name ... ETA`, ETA from the mean time of runs executed so far."""
 
@@ -210,33 +167,14 @@ def _hms(seconds: float) -> str:
     return f"{m // 60}h{m % 60:02d}m" if m >= 60 else f"{m}m{s:02d}s"
 
 
-def execute_all(todo: list[tuple[RunConfig, bool]], workers: int, progress: Progress) -> list[Outcome]:
-    if workers <= 1:
-        out = []
-        for cfg, resume in todo:
-            out.append(execute(cfg, resume))
-            progress.report(out[-1])
-        return out
-    context = multiprocessing.get_context("spawn")  # fork after torch/OpenMP start-up is unsafe
-    outcomes = []
-    with cf.ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker) as pool:
-        futures = [pool.submit(execute, cfg, resume) for cfg, resume in todo]
-        try:
-            for future in cf.as_completed(futures):
-                outcomes.append(future.result())
-                progress.report(outcomes[-1])
-        except cf.process.BrokenProcessPool as exc:  # a worker died hard (SIGKILL, out of memory)
-            raise IsopoBenchError("a worker process died; its runs are resumable: run the same command again") from exc
-        except BaseException:
-            pool.shutdown(wait=False, cancel_futures=True)
-            raise
-    return outcomes
-
-
 # ------------------------------------------------------------------------------------------------
 def run_suite(suite: Suite, options: SuiteOptions) -> list[Outcome]:
     """Warm start (cached), read the ledger, run what is missing; returns one outcome per config."""
-    if suite.needs_gpu:
+    check_backend(options)
+    if suite.needs_gpu and options.backend != "local":
+        if options.gpus_per_run <= 0:
+            raise IsopoBenchError(f"suite `{suite.label}` needs a CUDA GPU per run. Fix: pass --gpus-per-run 1")
+    elif suite.needs_gpu:
         import torch
 
         if not torch.cuda.is_available():
@@ -252,10 +190,15 @@ def run_suite(suite: Suite, options: SuiteOptions) -> list[Outcome]:
         cfg.validate()
     prepare_store(options.tracking_uri, options.experiment)
     todo, settled = plan(configs, ledger(options.tracking_uri, options.experiment, suite.label), options.retry_failed)
-    log.info("suite %s: %d runs, %d already settled, %d to run (%d resumed), %d worker(s)", suite.label,
-             len(configs), len(settled), len(todo), sum(r for _, r in todo), options.workers)
+    where = f"{options.workers} worker(s)" if options.backend == "local" else f"backend {options.backend}"
+    log.info("suite %s: %d runs, %d already settled, %d to run (%d resumed), %s", suite.label,
+             len(configs), len(settled), len(todo), sum(r for _, r in todo), where)
     progress = Progress(len(configs), len(settled))
-    return settled + execute_all(todo, options.workers, progress)
+    executed = []
+    for outcome in run_backend(todo, options):  # as runs end, so progress shows while the suite runs
+        progress.report(outcome)
+        executed.append(outcome)
+    return settled + executed
 
 
 def print_report(suite: Suite, options: SuiteOptions, outcomes: list[Outcome], seconds: float) -> int:
@@ -284,13 +227,27 @@ def print_report(suite: Suite, options: SuiteOptions, outcomes: list[Outcome], s
 def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="isopo-bench suite", description=__doc__.split("\n")[0])
     p.add_argument("name", help=f"suite name ({', '.join(SUITES)}), optionally NAME@vVERSION")
-    p.add_argument("--workers", type=int, default=1, help="parallel worker processes (one torch thread each)")
+    p.add_argument("--workers", type=int, default=1,
+                   help="runs at a time on this machine (local: processes with one torch thread each)")
     p.add_argument("--dry-run", action="store_true", help="validate, print the plan and a compute estimate")
     p.add_argument("--tracking-uri", default="", help="MLflow URI (default $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
     p.add_argument("--output-dir", default="isopo_runs", help="parent folder of the run folders")
     p.add_argument("--experiment", default="isopo-bench", help="MLflow experiment")
     p.add_argument("--data-dir", default="", help=f"GSM8K folder (sets ${GSM8K_ENV}; the config hash does not depend on it)")
     p.add_argument("--retry-failed", action="store_true", help="run FAILED runs again (resuming from their checkpoint)")
+    c = p.add_argument_group("cluster backends", "where runs execute (see isopo_bench/suite_backends.py); on a cluster "
+                             "the tracking URI, --output-dir and the caches must be reachable from every worker")
+    c.add_argument("--backend", default="local", help=f"{' | '.join(BACKENDS)} (default local; on a cluster its "
+                   "resources set how many runs go at once, --workers only on this machine)")
+    c.add_argument("--ray-address", default="", help="auto or ray://HOST:10001; empty starts a loopback-only Ray here")
+    c.add_argument("--cpus-per-run", type=float, default=1, help="CPUs (and torch threads) per run (ray, slurm)")
+    c.add_argument("--gpus-per-run", type=float, default=0, help="GPUs per run (ray, slurm)")
+    c.add_argument("--slurm-partition", default="", help="SLURM partition (default: the cluster's)")
+    c.add_argument("--slurm-time-min", type=int, default=240, help="SLURM time limit per run, minutes")
+    c.add_argument("--slurm-mem-gb", type=float, default=0, help="SLURM memory per run (default: the partition's)")
+    c.add_argument("--slurm-folder", default="", help="submitit job folder (default OUTPUT_DIR/slurm)")
+    c.add_argument("--slurm-cluster", default="slurm", choices=("slurm", "local"),
+                   help="local: run the jobs as local processes (to try the backend without SLURM)")
     return p.parse_args(argv)
 
 
@@ -300,7 +257,12 @@ def main(argv: list[str]) -> int:
     if args.data_dir:
         os.environ[GSM8K_ENV] = str(Path(args.data_dir).resolve())  # spawned workers inherit it
     suite = get_suite(args.name)
-    options = SuiteOptions(args.tracking_uri, args.output_dir, args.experiment, args.workers, args.retry_failed)
+    options = SuiteOptions(
+        tracking_uri=args.tracking_uri, output_dir=args.output_dir, experiment=args.experiment, workers=args.workers,
+        retry_failed=args.retry_failed, backend=args.backend, ray_address=args.ray_address,
+        cpus_per_run=args.cpus_per_run, gpus_per_run=args.gpus_per_run, slurm_partition=args.slurm_partition,
+        slurm_time_min=args.slurm_time_min, slurm_mem_gb=args.slurm_mem_gb, slurm_folder=args.slurm_folder,
+        slurm_cluster=args.slurm_cluster)
     if args.dry_run:
         return dry_run(suite, options)
     start = time.perf_counter()
