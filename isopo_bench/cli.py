@@ -18,6 +18,8 @@ SUBCOMMANDS = {
     "warmstart": ("isopo_bench.warmstart:main", "SFT warm start of the tiny model for the CPU tier (cached)"),
     "suite": ("isopo_bench.suite:main", "run a named benchmark suite (resumable) and print its leaderboard"),
     "control-suite": ("isopo_bench.control.suite:main", "the differentiable-control suite (point mass; BPTT, RPO, ...)"),
+    "control-train": ("isopo_bench.control.cli:train_main", "one differentiable-control run (every config field is a flag)"),
+    "control-stability": ("isopo_bench.control.stability:main", "RPO pendulum stability: band mask + KL vs neither, 3 seeds"),
     "leaderboard": ("isopo_bench.leaderboard:main", "aggregate finished runs from MLflow into the leaderboard"),
     "dashboard": ("isopo_bench.dashboard_launcher:main", "start the Streamlit dashboard on 127.0.0.1"),
     "eval": ("isopo_bench.lm_eval_gsm8k:main", "lm-evaluation-harness GSM8K on a checkpoint, logged to MLflow"),

@@ -120,13 +120,16 @@ def eval_metrics(value: float) -> dict[str, float]:
     return {M.CONTROL_EVAL_RETURN: value, M.EVAL_ACCURACY: value}
 
 
-def train_control(cfg: ControlRunConfig) -> dict[str, float]:
-    """Train one run; returns the summary (final/... metrics). Failures are recorded as FAILED runs."""
+def train_control(cfg: ControlRunConfig, wrap_algorithm=None) -> dict[str, float]:
+    """Train one run; returns the summary (final/... metrics). Failures are recorded as FAILED runs.
+    `wrap_algorithm(algo)` may wrap the registered algorithm (control-stability evaluates every iteration)."""
     validate_control_config(cfg)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     ctx = build(cfg)
     algo = make_algorithm(cfg)
+    if wrap_algorithm is not None:
+        algo = wrap_algorithm(algo)
     tracker = open_tracker(cfg, ctx.task)
     try:
         summary = _loop(ctx, algo, tracker)
