@@ -17,12 +17,11 @@ the EMA exactly as ISOPO's (ALGORITHMS.md 5.3).
 Shared with ISOPO (IsopoConfig, not repeated here): the numerics mode / cost plans, EMA decay, the policy
 for parameters that are not Linear weights (default: their REINFORCE gradient), tied embeddings, no KL.
 
-Not implemented: a whole-model scope (one Fisher over all parameters). Its K would be the sum over layers
-of the layer NTKs, known only after the whole backward pass, while each layer's gradient is produced
-inside it; it needs a second backward pass of the loss with the transformed advantages (about 1.6-1.7x
-the update), which the algorithm contract cannot request: the trainer would have to recompute log-probs
-after `finalize_grads` (a contract hook such as `advantages_for_second_pass()`), and the per-sequence
-Gram terms of norms and embedding lookups would have to join K to make it whole-model in earnest.
+Whole-model scope: `npg_rank1_model` (algorithms/npg_rank1_model.py) takes one Fisher sample over all
+parameters for `one`, at the price of a second backward pass of the drawn sequence. The other settings
+would need every sequence's whole-model gradient (B extra backward passes), or the sum of all layers' NTKs
+before any layer's gradient is produced (a second backward of the whole batch with transformed advantages);
+they stay per layer.
 """
 
 from __future__ import annotations

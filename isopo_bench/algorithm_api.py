@@ -7,6 +7,7 @@ Two kinds of method fit it:
   per optimizer step before clipping and the optimizer.
 
 The trainer calls, per optimizer step:
+    algo.begin_step(all microbatches of the step, totals)      # most algorithms ignore it
     for each microbatch mb:
         with algo.backward_context(model, mb, totals):
             logp_BT = sequence_logprobs(model, mb)
@@ -23,7 +24,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, ClassVar, ContextManager, Iterable
+from typing import TYPE_CHECKING, Callable, ClassVar, ContextManager, Sequence
 
 import torch
 
@@ -63,6 +64,11 @@ class Algorithm:
 
     def loss(self, logp_BT: torch.Tensor, mb: TrainBatch, totals: BatchTotals) -> tuple[torch.Tensor, dict[str, float]]:
         raise NotImplementedError
+
+    def begin_step(self, microbatches: Sequence[TrainBatch], totals: BatchTotals) -> None:
+        """Called once per optimizer step before its first microbatch, with ALL the step's microbatches (the
+        global ones under data parallelism, where this rank trains on a share of them; possibly on CPU).
+        For methods whose finalize_grads needs sequences of the step beyond the rank's own (npg_rank1_model)."""
 
     def backward_context(self, model: torch.nn.Module, mb: TrainBatch, totals: BatchTotals) -> ContextManager:
         """Hooks active during this microbatch's forward and backward; default: none."""
@@ -121,11 +127,12 @@ def microbatch_backward(algorithm: Algorithm, model: torch.nn.Module, mb: TrainB
                             None if entropy_BT is None else entropy_BT.detach())
 
 
-def accumulate(algorithm: Algorithm, model: torch.nn.Module, microbatches: Iterable[TrainBatch],
+def accumulate(algorithm: Algorithm, model: torch.nn.Module, microbatches: Sequence[TrainBatch],
                totals: BatchTotals) -> dict[str, float]:
     """One optimizer step's gradient in one process: zero .grad, every microbatch in order, then
     `finalize_grads`. Returns the algorithm's finalize metrics."""
     model.zero_grad(set_to_none=True)
+    algorithm.begin_step(microbatches, totals)
     for index, mb in enumerate(microbatches):
         microbatch_backward(algorithm, model, mb, totals, global_index=index)
     return algorithm.finalize_grads(model)

@@ -87,6 +87,11 @@ def local_microbatches(minibatch: TrainBatch, microbatch_size: int, world_size: 
         yield g, mb.to(device)
 
 
+def all_microbatches(minibatch: TrainBatch, microbatch_size: int) -> list[TrainBatch]:
+    """Every global microbatch of the minibatch, trimmed, on the minibatch's device (for `begin_step`)."""
+    return [minibatch.select(rows).trimmed()[0] for rows in global_microbatches(minibatch.size, microbatch_size)]
+
+
 def rollout_share(num_prompts: int, samples_per_prompt: int, world_size: int, rank: int) -> tuple[slice, slice]:
     """(prompt slice, sequence slice) this rank generates: contiguous whole groups, so a group never spans
     ranks and group-relative advantages need no communication. Prompts are split as evenly as possible."""
@@ -177,6 +182,7 @@ class DataParallel:
         microbatches only, with global denominators. Returns this rank's loss sum (a local share).
         `loss_scale` exists for the control test of the loss-times-world-size trick; leave it at 1."""
         totals = BatchTotals.of(minibatch, len(global_microbatches(minibatch.size, microbatch_size)), max_len)
+        algorithm.begin_step(all_microbatches(minibatch, microbatch_size), totals)
         loss_sum = 0.0
         for g, mb, sync in self.local_work(minibatch, microbatch_size, device):
             loss_sum += microbatch_backward(algorithm, self.module, mb, totals, forward_model=self.forward_model,

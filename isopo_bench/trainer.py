@@ -28,7 +28,7 @@ from isopo_bench.batch import BatchTotals, TrainBatch, pad_and_stack, sequence_l
 from isopo_bench.checkpoint import export_model, load_checkpoint, save_checkpoint
 from isopo_bench.config import RunConfig
 from isopo_bench.distributed import (
-    DataParallel, full_model_state, full_states, grad_norm_value, plan_microbatches, restore_full_states,
+    DataParallel, all_microbatches, full_model_state, full_states, grad_norm_value, plan_microbatches, restore_full_states,
     rollout_share,
 )
 from isopo_bench.errors import NonFiniteError
@@ -267,6 +267,7 @@ class Trainer:
                 minibatch = batch.select(slice(m * mini_size, (m + 1) * mini_size))
                 totals = BatchTotals.of(minibatch, mini_size // o.microbatch_size, max_len)
                 self.optimizer.zero_grad(set_to_none=True)
+                self.algorithm.begin_step(all_microbatches(minibatch, o.microbatch_size), totals)
                 nonfinite_loss = []
                 for g, mb, sync in self._local_work(minibatch):
                     out = microbatch_backward(self.algorithm, self.model, mb, totals, forward_model=self.forward_model,

@@ -54,6 +54,9 @@ def test_two_ranks_equal_one_rank_over_same_microbatches(launch):
     for results in ranks:
         assert sorted(k for k in results if "/" not in k) == sorted(ALGORITHMS.names())
         for name in ALGORITHMS.names():
+            if "refused" in results[name]:  # e.g. npg_rank1_model needs full parameters: not under FSDP2
+                assert mode == "fsdp2" and "parallel.mode" in results[name]["refused"], results[name]
+                continue
             assert_matches(results[name])
     # The ISOPO family's EMA statistics are under test (non-empty), reduced identically on both ranks.
     for name in ("isopo", "isopo-interacting", "npg_rank1"):
