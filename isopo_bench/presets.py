@@ -30,6 +30,7 @@ ALGORITHM_PRESETS: dict[str, AlgorithmConfig] = {
     "isopo-interacting-faithful": AlgorithmConfig(name="isopo-interacting", isopo=IsopoConfig(mode="faithful")),
     # The damped rank-1 natural gradient (SEED_METHODS.md): one sampled Fisher sequence per microbatch.
     "npg_rank1": AlgorithmConfig(name="npg_rank1", npg=NpgConfig(fisher="one", damping=1.0)),
+    "npg_rank1_model": AlgorithmConfig(name="npg_rank1_model", npg=NpgConfig(fisher="one", damping=1.0)),
 }
 
 
