@@ -63,7 +63,11 @@ class NpgLinearRule(LinearRule):
         elif self.fisher == "one":
             j = N.sample_index(mc.seed, mc.step, mc.micro, B)
             G = self._seq_grads(a, g) if plan == "materialise" else None
-            K_jB = G.flatten(1) @ G[j].flatten() if G is not None else N.ghost_row(a, g, j)
+            if G is not None:
+                K_jB = G.flatten(1) @ G[j].flatten()
+            else:  # the input half of the row is shared by q/k/v and by gate/up (same input tensor)
+                a_row = mc.shared(x, ("npg_input_row", j, a.dtype), lambda: N.input_row(a, j))
+                K_jB = N.ghost_row(a, g, j, a_row)
             # Damping scale from K_jj = |G_j|^2: for the uniformly drawn j it is an unbiased estimate of tr K / B
             # (the EMA averages it over microbatches and steps) and it is already in the row. The exact trace
             # would need every sequence's norm, which costs as much again as the row itself.

@@ -22,11 +22,20 @@ def sample_index(seed: int, step: int, micro: int, B: int) -> int:
     return int.from_bytes(digest[:8], "little") % B
 
 
-def ghost_row(a_BTI: torch.Tensor, g_BTO: torch.Tensor, j: int) -> torch.Tensor:
-    """K_jB[i] = <G_j, G_i> = sum_{t in j, s in i} (g_t . g_s)(a_t . a_s), cost T N (d_in + d_out)."""
+def ghost_row(a_BTI: torch.Tensor, g_BTO: torch.Tensor, j: int, a_row_TN: torch.Tensor | None = None) -> torch.Tensor:
+    """K_jB[i] = <G_j, G_i> = sum_{t in j, s in i} (g_t . g_s)(a_t . a_s), cost T N (d_in + d_out).
+    `a_row_TN` = a_j a^T when already computed (it is shared by the Linears that read the same input)."""
     B, T, _ = a_BTI.shape
-    prod_TN = (a_BTI[j] @ a_BTI.reshape(B * T, -1).T) * (g_BTO[j] @ g_BTO.reshape(B * T, -1).T)
+    if a_row_TN is None:
+        a_row_TN = input_row(a_BTI, j)
+    prod_TN = a_row_TN * (g_BTO[j] @ g_BTO.reshape(B * T, -1).T)
     return prod_TN.view(T, B, T).sum(dim=(0, 2))
+
+
+def input_row(a_BTI: torch.Tensor, j: int) -> torch.Tensor:
+    """a_j a^T: (T, B T) products of sequence j's inputs with every token's."""
+    B, T, _ = a_BTI.shape
+    return a_BTI[j] @ a_BTI.reshape(B * T, -1).T
 
 
 def adv_one(K_jB: torch.Tensor, A_B: torch.Tensor, j: int, lam: torch.Tensor) -> torch.Tensor:
