@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -50,6 +51,10 @@ def test_quick_suite_grid():
         get_suite("quick@v7")
 
 
+GSM8K = Path(os.environ.get("ISOPO_BENCH_GSM8K_DIR") or Path(__file__).resolve().parents[2] / "shared/data/gsm8k")
+
+
+@pytest.mark.skipif(not (GSM8K / "test.jsonl").exists(), reason="shared GSM8K files not present (the dry run reads them)")
 def test_paper_dry_run_validates_and_estimates(workdir, capsys, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # restored afterwards; the dry run sets it for itself
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
