@@ -27,7 +27,7 @@ from safetensors.torch import load_file
 from isopo_bench import metric_names as M
 
 LAUNCHER = """
-import sys, torch
+import os, sys, torch
 from isopo_bench.plugins import ADVANTAGES, TASKS
 from isopo_bench.tasks.arithmetic import Arithmetic
 
@@ -37,8 +37,14 @@ class TextShaped(Arithmetic):
     def score(self, item, completion):
         return (sum(map(ord, completion)) % 7) / 6.0
 
+CALLS = []
+
 @ADVANTAGES.register("raw-reward")
 def raw_reward(rewards_PG):
+    # Called once per training step on every rank: ISOPO_TEST_CRASH_AT=k fails step k on all ranks.
+    CALLS.append(1)
+    if len(CALLS) == int(os.environ.get("ISOPO_TEST_CRASH_AT", 0)):
+        raise RuntimeError("injected crash")
     return rewards_PG - 0.5
 
 from isopo_bench.cli import main
@@ -65,11 +71,13 @@ def command(root: Path, world: int) -> list[str]:
     return [torchrun, "--standalone", f"--nproc_per_node={world}", str(launcher)]
 
 
-def run(root: Path, name: str, algorithm: str, world: int, steps: int = 3, extra: tuple = ()) -> subprocess.CompletedProcess:
-    env = os.environ | {"OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
+def run(root: Path, name: str, algorithm: str, world: int, steps: int = 3, extra: tuple = (),
+        env_extra: dict | None = None, expect_ok: bool = True) -> subprocess.CompletedProcess:
+    env = os.environ | {"OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"} | (env_extra or {})
     proc = subprocess.run([*command(root, world), *train_args(root, name, algorithm, steps, world), *extra],
                           capture_output=True, text=True, timeout=300, env=env)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    if expect_ok:
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
     return proc
 
 
@@ -151,3 +159,29 @@ def test_world_size_must_match_the_launch(workdir):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1
     assert "parallel.world_size" in proc.stderr and "torchrun --standalone --nproc_per_node 2" in proc.stderr
+
+
+@pytest.mark.distributed
+@pytest.mark.slow
+@pytest.mark.vllm
+def test_fsdp2_run_crashed_and_resumed_equals_uninterrupted_run(workdir):
+    """FSDP2 checkpoints hold gathered model and optimizer states; resuming scatters them back into the
+    shards. A run that crashes in step 3 and is resumed ends with the weights of a run never interrupted."""
+    pytest.importorskip("vllm")
+    extra = ("--rollout.engine", "vllm", "--parallel.mode", "fsdp2")
+    crashed = run(workdir, "crashed", "isopo", WORLD, steps=4, extra=extra, env_extra={"ISOPO_TEST_CRASH_AT": "3"},
+                  expect_ok=False)
+    assert crashed.returncode != 0 and "injected crash" in crashed.stderr
+    (state,) = (workdir / "crashed").glob("*/checkpoint/trainer_state.json")
+    assert json.loads(state.read_text())["step"] == 2
+    run(workdir, "crashed", "isopo", WORLD, steps=4, extra=(*extra, "--resume"))
+    run(workdir, "straight", "isopo", WORLD, steps=4, extra=extra)
+    resumed, h_resumed = record(workdir, "crashed")
+    _, h_straight = record(workdir, "straight")
+    assert resumed.info.status == "FINISHED"
+    assert [s for s, _ in h_resumed[M.REWARD_MEAN]] == [1, 2, 3, 4]
+    for name in (M.LOSS, M.GRAD_NORM):
+        assert [v for _, v in h_resumed[name]] == pytest.approx([v for _, v in h_straight[name]], rel=1e-4), name
+    w_resumed, w_straight = final_weights(workdir, "crashed"), final_weights(workdir, "straight")
+    for key in w_straight:
+        torch.testing.assert_close(w_resumed[key], w_straight[key], rtol=0, atol=2e-5, msg=key)
