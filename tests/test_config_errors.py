@@ -26,6 +26,10 @@ from isopo_bench.trainer import Trainer
         ({"rollout.top_p": 1.5}, "rollout.top_p", "1.0"),
         ({"model.tiny_heads": 3}, "model.tiny_heads", "32 or 64"),
         ({"model.device": "tpu"}, "model.device", "auto"),
+        ({"parallel.world_size": 0}, "parallel.world_size", "positive"),
+        ({"parallel.world_size": 8}, "parallel.world_size", "prompts_per_step"),
+        ({"parallel.world_size": 2, "optim.microbatch_size": 16}, "optim.microbatch_size", "at least 2"),
+        ({"parallel.world_size": 2, "parallel.mode": "fsdp2"}, "parallel.mode", "--rollout.engine vllm"),
     ],
 )
 def test_invalid_config_names_field_and_fix(tmp_path, change, field, hint):
