@@ -50,7 +50,7 @@ from __future__ import annotations
 import contextlib
 import os
 from dataclasses import dataclass
-from typing import Iterator, Literal
+from typing import Literal
 
 import torch
 import torch.distributed as dist
@@ -70,25 +70,23 @@ def global_microbatches(num_seqs: int, microbatch_size: int) -> list[slice]:
     return [slice(s, s + microbatch_size) for s in range(0, num_seqs, microbatch_size)]
 
 
+def rank_share(num_microbatches: int, world_size: int, rank: int) -> range:
+    """Global indices of the microbatches rank `rank` processes: r, r + W, ..."""
+    if num_microbatches < world_size:
+        raise ValueError(f"{num_microbatches} microbatches cannot feed {world_size} ranks: every rank needs at least "
+                         "one (raise the minibatch or lower optim.microbatch_size)")
+    return range(rank, num_microbatches, world_size)
+
+
 def plan_microbatches(num_seqs: int, microbatch_size: int, world_size: int, rank: int) -> list[tuple[int, slice]]:
-    """(global microbatch index, row slice) of the microbatches rank `rank` processes: r, r + W, ..."""
+    """(global microbatch index, row slice) of the microbatches rank `rank` processes."""
     slices = global_microbatches(num_seqs, microbatch_size)
-    if len(slices) < world_size:
-        raise ValueError(f"{len(slices)} microbatches cannot feed {world_size} ranks: every rank needs at least one "
-                         "(raise the minibatch or lower optim.microbatch_size)")
-    return [(g, slices[g]) for g in range(rank, len(slices), world_size)]
-
-
-def local_microbatches(minibatch: TrainBatch, microbatch_size: int, world_size: int, rank: int,
-                       device: torch.device | str = "cpu") -> Iterator[tuple[int, TrainBatch]]:
-    """(global index, trimmed microbatch on `device`) for this rank, trimmed exactly as the trainer does."""
-    for g, rows in plan_microbatches(minibatch.size, microbatch_size, world_size, rank):
-        mb, _ = minibatch.select(rows).trimmed()
-        yield g, mb.to(device)
+    return [(g, slices[g]) for g in rank_share(len(slices), world_size, rank)]
 
 
 def all_microbatches(minibatch: TrainBatch, microbatch_size: int) -> list[TrainBatch]:
-    """Every global microbatch of the minibatch, trimmed, on the minibatch's device (for `begin_step`)."""
+    """Every global microbatch of the minibatch, trimmed of all-padding columns, on the minibatch's device:
+    cut once per optimizer step, handed whole to `begin_step` and shared out by `DataParallel.local_work`."""
     return [minibatch.select(rows).trimmed()[0] for rows in global_microbatches(minibatch.size, microbatch_size)]
 
 
@@ -165,26 +163,28 @@ class DataParallel:
             attach_stats_reducer(algorithm)
         return ctx
 
-    def local_work(self, minibatch: TrainBatch, microbatch_size: int,
+    def local_work(self, microbatches: list[TrainBatch],
                    device: torch.device | str = "cpu") -> list[tuple[int, TrainBatch, contextlib.AbstractContextManager]]:
-        """(global microbatch index, trimmed microbatch, sync context) for this rank's share of one optimizer
-        step. Under DDP only the last local microbatch syncs; under FSDP2 every one does (see the module doc)."""
-        num_micro = len(global_microbatches(minibatch.size, microbatch_size))
+        """(global microbatch index, microbatch on `device`, sync context) for this rank's share of one
+        optimizer step's global `microbatches` (`all_microbatches`). Under DDP only the last local microbatch
+        syncs; under FSDP2 every one does (see the module doc)."""
+        num_micro = len(microbatches)
         if self.mode == "fsdp2" and num_micro % self.world_size:
             raise ValueError(f"FSDP2 syncs every microbatch: the {num_micro} microbatches of a minibatch must be "
                              f"divisible by the world size {self.world_size} (change optim.microbatch_size)")
-        plan = list(local_microbatches(minibatch, microbatch_size, self.world_size, self.rank, device))
-        return [(g, mb, self._sync_context(i == len(plan) - 1)) for i, (g, mb) in enumerate(plan)]
+        share = rank_share(num_micro, self.world_size, self.rank)
+        return [(g, microbatches[g].to(device), self._sync_context(i == len(share) - 1)) for i, g in enumerate(share)]
 
     def accumulate(self, algorithm, minibatch: TrainBatch, microbatch_size: int, max_len: int,
                    device: torch.device | str = "cpu", loss_scale: float = 1.0) -> dict[str, float]:
         """Sum over ranks of the minibatch's gradient into .grad (after zero_grad), this rank's
         microbatches only, with global denominators. Returns this rank's loss sum (a local share).
         `loss_scale` exists for the control test of the loss-times-world-size trick; leave it at 1."""
-        totals = BatchTotals.of(minibatch, len(global_microbatches(minibatch.size, microbatch_size)), max_len)
-        algorithm.begin_step(all_microbatches(minibatch, microbatch_size), totals)
+        microbatches = all_microbatches(minibatch, microbatch_size)
+        totals = BatchTotals.of(minibatch, len(microbatches), max_len)
+        algorithm.begin_step(microbatches, totals)
         loss_sum = 0.0
-        for g, mb, sync in self.local_work(minibatch, microbatch_size, device):
+        for g, mb, sync in self.local_work(microbatches, device):
             loss_sum += microbatch_backward(algorithm, self.module, mb, totals, forward_model=self.forward_model,
                                             global_index=g, sync_context=sync, loss_scale=loss_scale).loss
         return {"loss_local": loss_sum}

@@ -15,7 +15,6 @@ from __future__ import annotations
 import copy
 import logging
 import math
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,6 +39,7 @@ from isopo_bench.plugins import ADVANTAGES, ALGORITHMS, ENGINES, TASKS
 from isopo_bench.rollout.api import Rollout, SamplingSettings
 from isopo_bench.rollout.mismatch import mismatch_metrics
 from isopo_bench.run_store import RunStore, run_dir_for
+from isopo_bench.step_metrics import UpdateMetrics, rollout_metrics
 from isopo_bench.timing import PhaseTimer
 
 log = logging.getLogger(__name__)
@@ -247,29 +247,28 @@ class Trainer:
             out[rows, cols] = sequence_logprobs(model, mb.to(self.device)).to(out.dtype).cpu()
         return out
 
-    def _local_work(self, minibatch: TrainBatch):
-        """(global microbatch index, trimmed microbatch on the device, sync context) of this rank."""
-        size = self.cfg.optim.microbatch_size
+    def _local_work(self, microbatches: list[TrainBatch]):
+        """(global microbatch index, microbatch on the device, sync context) of this rank."""
         if self.dp is not None:
-            return self.dp.local_work(minibatch, size, self.device)
-        plan = plan_microbatches(minibatch.size, size, 1, 0)
-        return [(g, minibatch.select(rows).trimmed()[0].to(self.device), None) for g, rows in plan]
+            return self.dp.local_work(microbatches, self.device)
+        return [(g, mb.to(self.device), None) for g, mb in enumerate(microbatches)]
 
     # ----------------------------------------------------------------------------------------------
     def _update(self, batch: TrainBatch, step: int) -> dict[str, float]:
         o = self.cfg.optim
         mini_size = batch.size // o.minibatches_per_step
         max_len = self.cfg.algorithm.loss_agg_max_len or self.cfg.rollout.max_new_tokens
-        sums = MetricSums()
+        sums = UpdateMetrics()
         first_pass_logp = []
         for epoch in range(o.epochs):
             for m in range(o.minibatches_per_step):
                 minibatch = batch.select(slice(m * mini_size, (m + 1) * mini_size))
-                totals = BatchTotals.of(minibatch, mini_size // o.microbatch_size, max_len)
+                microbatches = all_microbatches(minibatch, o.microbatch_size)
+                totals = BatchTotals.of(minibatch, len(microbatches), max_len)
                 self.optimizer.zero_grad(set_to_none=True)
-                self.algorithm.begin_step(all_microbatches(minibatch, o.microbatch_size), totals)
+                self.algorithm.begin_step(microbatches, totals)
                 nonfinite_loss = []
-                for g, mb, sync in self._local_work(minibatch):
+                for g, mb, sync in self._local_work(microbatches):
                     out = microbatch_backward(self.algorithm, self.model, mb, totals, forward_model=self.forward_model,
                                               global_index=g, sync_context=sync, with_entropy=True,
                                               check_loss=lambda loss: self._check_loss(loss, step, nonfinite_loss))
@@ -283,7 +282,7 @@ class Trainer:
                 if self.ranks.any(bool(nonfinite_loss)):  # every rank stops together
                     raise NonFiniteError(self._nonfinite_message(step, "loss", nonfinite_loss[0] if nonfinite_loss else math.nan))
                 sums.add_mean(self._clip_and_step(step))
-        metrics = MetricSums.merge(self.ranks.gather(sums)).result()
+        metrics = UpdateMetrics.merge(self.ranks.gather(sums)).result()
         metrics[M.LR] = self.scheduler.get_last_lr()[0]
         metrics |= self._mismatch(first_pass_logp)
         return metrics
@@ -337,72 +336,6 @@ class Trainer:
         if step == 0:
             self.store.tracker.log_metrics(result.metrics, 0)
         return result.metrics
-
-
-class MetricSums:
-    """Averages per-microbatch metrics over an update: sums per optimizer step, then mean over steps."""
-
-    def __init__(self):
-        self._step_sums: dict[str, float] = {}
-        self._per_step: dict[str, list[float]] = {}
-        self._totals: dict[str, list[float]] = {}
-        self._weighted: dict[str, list[float]] = {}
-
-    def add_sum(self, name: str, value: float) -> None:
-        self._step_sums[name] = self._step_sums.get(name, 0.0) + value
-
-    def add_weighted(self, name: str, value_sum: float, weight: float) -> None:
-        acc = self._weighted.setdefault(name, [0.0, 0.0])
-        acc[0] += value_sum
-        acc[1] += weight
-
-    def add_mean(self, metrics: dict[str, float]) -> None:
-        for name, value in metrics.items():
-            self._totals.setdefault(name, []).append(float(value))
-
-    def end_optimizer_step(self) -> None:
-        for name, value in self._step_sums.items():
-            self._per_step.setdefault(name, []).append(value)
-        self._step_sums = {}
-
-    @staticmethod
-    def merge(ranks: list["MetricSums"]) -> "MetricSums":
-        """Data-parallel ranks' sums as one process would have them: per-step sums (the loss) add up step
-        by step; per-microbatch means pool every rank's microbatches; weighted means pool numerators and
-        weights."""
-        if len(ranks) == 1:
-            return ranks[0]
-        out = MetricSums()
-        for r in ranks:
-            for name, values in r._per_step.items():
-                acc = out._per_step.setdefault(name, [0.0] * len(values))
-                out._per_step[name] = [a + v for a, v in zip(acc, values)]
-            for name, values in r._totals.items():
-                out._totals.setdefault(name, []).extend(values)
-            for name, (value_sum, weight) in r._weighted.items():
-                out.add_weighted(name, value_sum, weight)
-        return out
-
-    def result(self) -> dict[str, float]:
-        out = {name: sum(v) / len(v) for name, v in (self._totals | self._per_step).items()}
-        out |= {name: s / max(w, 1e-12) for name, (s, w) in self._weighted.items()}
-        return out
-
-
-def rollout_metrics(rollout, rewards_PG: torch.Tensor, advantages_B: torch.Tensor) -> dict[str, float]:
-    lengths = [len(c) for c in rollout.completion_ids]
-    solved = rewards_PG.min(dim=1).values >= 1.0
-    failed = rewards_PG.max(dim=1).values <= 0.0
-    return {
-        M.REWARD_MEAN: float(rewards_PG.mean()),
-        M.REWARD_STD: float(rewards_PG.std()) if rewards_PG.numel() > 1 else 0.0,
-        M.REWARD_SOLVED_GROUPS: float(solved.float().mean()),
-        M.REWARD_ZERO_GROUPS: float(failed.float().mean()),
-        M.ADVANTAGE_ABS_MEAN: float(advantages_B.abs().mean()),
-        M.ROLLOUT_TOKENS: float(sum(lengths)),
-        M.ROLLOUT_MEAN_LEN: sum(lengths) / len(lengths),
-        M.ROLLOUT_TRUNCATED: sum(r == "length" for r in rollout.finish_reasons) / len(lengths),
-    }
 
 
 def train(cfg: RunConfig, resume: bool = False) -> RunResult:

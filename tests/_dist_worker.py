@@ -26,7 +26,7 @@ from isopo_bench.batch import BatchTotals, TrainBatch, pad_and_stack, sequence_l
 from isopo_bench.config import AlgorithmConfig, IsopoConfig, ParallelConfig, RunConfig
 from isopo_bench.errors import ConfigError
 from isopo_bench.algorithm_api import microbatch_backward
-from isopo_bench.distributed import DataParallel, all_microbatches, attach_stats_reducer, grad_norm_value, local_microbatches
+from isopo_bench.distributed import DataParallel, all_microbatches, attach_stats_reducer, grad_norm_value
 from isopo_bench.plugins import ALGORITHMS
 
 VOCAB, MICRO, MINI, STEPS, MAX_LEN = 40, 2, 8, 2, 16
@@ -87,8 +87,9 @@ def train(name: str, data: list[TrainBatch], dp: DataParallel | None = None, mod
             dp.accumulate(algo, minibatch, MICRO, MAX_LEN, loss_scale=loss_scale)
         else:
             totals = BatchTotals.of(minibatch, MINI // MICRO, MAX_LEN)
-            algo.begin_step(all_microbatches(minibatch, MICRO), totals)
-            for g, mb in local_microbatches(minibatch, MICRO, 1, 0):
+            microbatches = all_microbatches(minibatch, MICRO)
+            algo.begin_step(microbatches, totals)
+            for g, mb in enumerate(microbatches):
                 microbatch_backward(algo, model, mb, totals, global_index=g)
         algo.finalize_grads(module)
         grads.append({n: full(p.grad) for n, p in module.named_parameters() if p.grad is not None})

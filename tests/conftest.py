@@ -58,3 +58,26 @@ def smoke_config(tmp_path: Path, **changes) -> RunConfig:
         optim=OptimConfig(steps=3, lr=1e-3, microbatch_size=4),
     )
     return replace(cfg, **changes)
+
+
+def kill_after_checkpoint(proc, runs_dir: Path, step: int, group: bool = False, timeout: float = 300) -> int:
+    """SIGKILL `proc` (its whole process group with group=True: torchrun and its ranks) as soon as a run
+    folder under `runs_dir` holds a checkpoint of at least `step`; returns the step that checkpoint holds."""
+    import json
+    import signal
+    import time
+
+    state_files = lambda: list(runs_dir.glob("*/checkpoint/trainer_state.json"))  # noqa: E731
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        files = state_files()
+        if files and json.loads(files[0].read_text())["step"] >= step:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run finished before it could be killed; give it more steps"
+    if group:
+        os.killpg(proc.pid, signal.SIGKILL)
+    else:
+        proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    return json.loads(state_files()[0].read_text())["step"]

@@ -3,17 +3,15 @@ and its metrics equal those of an uninterrupted run."""
 
 from __future__ import annotations
 
-import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
 
+from conftest import kill_after_checkpoint
 from isopo_bench import metric_names as M
 
 # The random tiny model earns no reward, so the launcher adds an advantage estimator with seeded noise:
@@ -54,17 +52,7 @@ def test_sigkill_then_resume_matches_uninterrupted_run(workdir):
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     proc = subprocess.Popen([sys.executable, str(launcher), *train_args(workdir, "killed")], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    state_files = lambda: list((workdir / "killed").glob("*/checkpoint/trainer_state.json"))
-    while time.time() < deadline and proc.poll() is None:
-        files = state_files()
-        if files and json.loads(files[0].read_text())["step"] >= 4:
-            break
-        time.sleep(0.05)
-    assert proc.poll() is None, "the run finished before it could be killed; give it more steps"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    killed_at = json.loads(state_files()[0].read_text())["step"]
+    killed_at = kill_after_checkpoint(proc, workdir / "killed", step=4)
     assert 4 <= killed_at < 8
 
     # Without --resume the existing run is refused rather than overwritten.

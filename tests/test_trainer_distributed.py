@@ -13,10 +13,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -24,6 +22,7 @@ import torch
 from mlflow.tracking import MlflowClient
 from safetensors.torch import load_file
 
+from conftest import kill_after_checkpoint
 from isopo_bench import metric_names as M
 
 LAUNCHER = """
@@ -134,17 +133,7 @@ def test_two_rank_run_killed_and_resumed_continues_one_mlflow_run(workdir):
     args = [*command(workdir, WORLD), *train_args(workdir, "killed", "isopo-interacting", 8, WORLD)]
     # A new session, so the SIGKILL reaches torchrun and both ranks.
     proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    state_files = lambda: list((workdir / "killed").glob("*/checkpoint/trainer_state.json"))
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None:
-        files = state_files()
-        if files and json.loads(files[0].read_text())["step"] >= 3:
-            break
-        time.sleep(0.05)
-    assert proc.poll() is None, "the run finished before it could be killed"
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    killed_at = json.loads(state_files()[0].read_text())["step"]
+    killed_at = kill_after_checkpoint(proc, workdir / "killed", step=3, group=True)
     assert 3 <= killed_at < 8
     run(workdir, "killed", "isopo-interacting", world=WORLD, steps=8, extra=("--resume",))
     run_, history = record(workdir, "killed")

@@ -4,7 +4,6 @@ Score-function algorithms are the project's ALGORITHMS entries, run on trajector
 
 from __future__ import annotations
 
-from isopo_bench.errors import UnknownNameError
 from isopo_bench.registry import Registry
 
 CONTROL_TASKS: Registry = Registry("control task", "isopo_bench.control_tasks", "isopo_bench.control.envs")

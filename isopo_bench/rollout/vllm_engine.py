@@ -134,9 +134,7 @@ def _check_settings(run_config, on_cpu: bool, max_len: int) -> None:
         raise ConfigError("rollout.vllm.kv_cache_bytes", "sizes must be >= 0", "use 0 for the default")
     if not on_cpu and v.kv_cache_bytes == 0 and not 0 < v.gpu_memory_utilization < 1:
         raise ConfigError("rollout.vllm.gpu_memory_utilization", "must be in (0, 1)", "e.g. 0.3 when colocated")
-    if run_config.parallel.world_size > 1 and v.tensor_parallel_size != 1:
-        raise ConfigError("rollout.vllm.tensor_parallel_size", "must be 1 with several training ranks (each rank "
-                          "runs its own engine on its own share of the prompts)", "use 1 (one engine per rank)")
+    _check_one_engine_per_rank(run_config, run_config.parallel.world_size)
     if on_cpu and v.tensor_parallel_size != 1:
         raise ConfigError("rollout.vllm.tensor_parallel_size", "must be 1 on CPU", "use 1 (one engine per rank)")
     needed = _needed_len(run_config)
@@ -188,15 +186,15 @@ def _llm_kwargs(run_config) -> dict:
                          max_num_batched_tokens=max(max_len, 4096))
 
 
-def _data_parallel_kwargs(run_config) -> dict:
-    """One independent engine per rank (module docstring): the external launcher, no tensor parallelism."""
+def _check_one_engine_per_rank(run_config, world: int) -> None:
+    """With several training ranks every rank runs its own full engine (module docstring): no tensor
+    parallelism. Checked at validation (configured world size) and at build (the actual process group)."""
     tp = run_config.rollout.vllm.tensor_parallel_size
-    if tp != 1:
+    if world > 1 and tp != 1:
         raise ConfigError(
             "rollout.vllm.tensor_parallel_size", f"is {tp}, but with several training ranks every rank runs its "
             "own engine on its own share of the prompts", "use 1 (one full engine per rank)",
         )
-    return dict(distributed_executor_backend="external_launcher")
 
 
 @contextlib.contextmanager
@@ -282,7 +280,8 @@ class VllmEngine:
         world = dist.get_world_size() if self.trainer_group else 1
         kwargs = _llm_kwargs(run_config)
         if world > 1:
-            kwargs |= _data_parallel_kwargs(run_config)
+            _check_one_engine_per_rank(run_config, world)
+            kwargs |= dict(distributed_executor_backend="external_launcher")
         elif not self.trainer_group and int(os.environ.get("WORLD_SIZE", "1")) > 1:
             raise RuntimeError(
                 "VllmEngine built under torchrun (WORLD_SIZE > 1) before the process group was initialised: "
