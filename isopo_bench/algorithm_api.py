@@ -2,80 +2,140 @@
 
 Two kinds of method fit it:
 - loss-based (REINFORCE, GRPO, CISPO, ...): implement `loss` only;
-- gradient-transform (ISOPO): `loss` returns an advantage-free objective and `backward_context` installs
-  per-layer rules that produce the weight gradients inside the backward pass; `finalize_grads` runs once
-  per optimizer step before clipping and the optimizer.
+- gradient-transform (ISOPO, npg_rank1): `loss` returns an advantage-free objective and `backward_context`
+  installs per-layer rules (isopo_bench.layerwise) that produce the weight gradients inside the backward
+  pass; `finalize_grads` runs once per optimizer step before clipping and the optimizer.
 
-The trainer calls, per optimizer step:
-    algo.begin_step(all microbatches of the step, totals)      # most algorithms ignore it
-    for each microbatch mb:
-        with algo.backward_context(model, mb, totals):
-            logp_BT = sequence_logprobs(model, mb)
-            loss, metrics = algo.loss(logp_BT, mb, totals)
+A plug-in owns its settings and presets: `Settings` is a frozen dataclass (one docstring per field: the
+CLI's `--algorithm.<field>` help), `presets` maps preset names to `AlgorithmPreset`s. It is built from an
+`AlgorithmSetup` (its settings plus the few run facts it may read), never from a whole run config, so the
+same class serves the text and the control track.
+
+The one driver of the contract is isopo_bench.step_driver.step_gradients; per optimizer step it calls
+    algo.begin_step(ctx)                                   # ctx: StepContext (step, global microbatches, ...)
+    for each of this process's microbatches (index = global microbatch index):
+        with algo.backward_context(model, mb, ctx, index):
+            logp_BT = ctx.logprobs(model, mb)
+            loss, metrics = algo.loss(logp_BT, mb, ctx.totals)
             loss.backward()
-    metrics |= algo.finalize_grads(model)
-    clip, optimizer.step()
-Algorithms never see the task, the engine or MLflow; metrics are returned as dicts of floats whose keys
-are namespaced `algo/...` (see isopo_bench.metric_names).
+    metrics |= algo.finalize_grads(model, ctx)
+then the caller clips and steps the optimizer. Algorithms never see the task, the engine or MLflow;
+metrics are dicts of floats namespaced `algo/...` (isopo_bench.metric_names).
 """
 
 from __future__ import annotations
 
 import contextlib
-import logging
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, ClassVar, ContextManager, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar, ContextManager, Sequence
 
 import torch
 
 from isopo_bench.batch import BatchTotals, TrainBatch, sequence_logprobs
 
-if TYPE_CHECKING:
-    from isopo_bench.config import RunConfig
 
-log = logging.getLogger(__name__)
+@dataclass(frozen=True)
+class NoSettings:
+    """An algorithm without settings of its own."""
+
+
+@dataclass(frozen=True)
+class AlgorithmPreset:
+    """A named configuration of one algorithm: its settings plus the shared algorithm fields it fixes."""
+
+    settings: Any = None
+    """The algorithm's Settings instance; None = its defaults."""
+    advantage: str = "grpo"
+    loss_agg: str = "token-mean"
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class AlgorithmSetup:
+    """What a plug-in is told about the run."""
+
+    name: str
+    """The registered name it was selected by (one class may serve several names)."""
+    settings: Any
+    """Its own Settings instance."""
+    loss_agg: str = "token-mean"
+    """Loss aggregation over the optimizer batch (isopo_bench.aggregation)."""
+    kl_coef: float = 0.0
+    """k3 KL penalty to the reference policy (0: off)."""
+    seed: int = 0
+    """The run's seed (algorithms seed their own draws from it, the step and the microbatch index)."""
+    world_size: int = 1
+    """Data-parallel ranks."""
+    sharded_parameters: bool = False
+    """True under FSDP2: a rank holds a shard of each parameter, never the full tensor."""
+    track: str = "text"
+    """`text` (the LLM trainer) or `control` (the differentiable-control track)."""
+
+
+def no_reduction(local: torch.Tensor) -> torch.Tensor:
+    return local
+
+
+@dataclass
+class StepContext:
+    """One optimizer step, as every algorithm hook sees it."""
+
+    step: int
+    """Optimizer step index, counted over the whole run (resumes continue it)."""
+    microbatches: Sequence[TrainBatch]
+    """ALL microbatches of the step, in global order (under data parallelism a rank trains on a share of
+    them; they may live on CPU)."""
+    totals: BatchTotals
+    """Denominators of the whole optimizer batch (the microbatch split never changes a gradient)."""
+    reducer: Callable[[torch.Tensor], torch.Tensor] = no_reduction
+    """Sums a tensor over data-parallel ranks (identity in one process)."""
+    logprobs: Callable[[torch.nn.Module, TrainBatch], torch.Tensor] = sequence_logprobs
+    """How this track computes a microbatch's token log-probs (an algorithm that reruns a sequence uses it)."""
 
 
 class Algorithm:
-    """Base class of every registered algorithm. Subclasses are registered with
-    `@ALGORITHMS.register("name")` and constructed as `cls(run_config)`."""
+    """Base class of every registered algorithm. Register with `@ALGORITHMS.register("name")`."""
 
+    Settings: ClassVar[type] = NoSettings
+    """Frozen dataclass of the algorithm's own settings."""
+    presets: ClassVar[dict[str, AlgorithmPreset]] = {}
+    """Named presets (`--algo-preset NAME`); names are unique across all algorithms."""
     needs_old_logp: ClassVar[bool] = False
     """True when `loss` reads `mb.old_logp_BT` (the trainer then computes pi_old before the update)."""
     gradient_signal: ClassVar[str] = "score-function"
     """What the method differentiates: `score-function` (log-probs of sampled tokens) or `pathwise`."""
+    tracks: ClassVar[tuple[str, ...]] = ("text", "control")
+    """Tracks the method runs on (the control track uses trajectories as sequences)."""
 
-    def __init__(self, cfg: "RunConfig"):
-        self.cfg = cfg
-        self.acfg = cfg.algorithm
+    def __init__(self, setup: AlgorithmSetup):
+        self.setup = setup
+        self.settings = setup.settings
 
     @classmethod
-    def validate(cls, cfg: "RunConfig") -> None:
-        """Raise ConfigError for settings this algorithm cannot run with (called before loading models)."""
+    def validate(cls, setup: AlgorithmSetup) -> None:
+        """Raise ConfigError for settings this algorithm cannot run with (called before loading models).
+        Fields are named as the CLI names them: `algorithm.<field>` for the algorithm's own settings."""
 
     def attach(self, model: torch.nn.Module) -> dict[str, str]:
-        """Called once with the policy before training; returns descriptive params to log (e.g. the
-        policy for parameters the method does not transform)."""
+        """Called once with the policy before training; returns descriptive params to log."""
         return {}
 
     @property
     def needs_ref_logp(self) -> bool:
-        return self.acfg.kl_coef > 0
+        return self.setup.kl_coef > 0
 
     def loss(self, logp_BT: torch.Tensor, mb: TrainBatch, totals: BatchTotals) -> tuple[torch.Tensor, dict[str, float]]:
         raise NotImplementedError
 
-    def begin_step(self, microbatches: Sequence[TrainBatch], totals: BatchTotals) -> None:
-        """Called once per optimizer step before its first microbatch, with ALL the step's microbatches (the
-        global ones under data parallelism, where this rank trains on a share of them; possibly on CPU).
-        For methods whose finalize_grads needs sequences of the step beyond the rank's own (npg_rank1_model)."""
+    def begin_step(self, ctx: StepContext) -> None:
+        """Called once per optimizer step before its first microbatch."""
 
-    def backward_context(self, model: torch.nn.Module, mb: TrainBatch, totals: BatchTotals) -> ContextManager:
-        """Hooks active during this microbatch's forward and backward; default: none."""
+    def backward_context(self, model: torch.nn.Module, mb: TrainBatch, ctx: StepContext, index: int) -> ContextManager:
+        """Hooks active during the forward and backward of global microbatch `index`; default: none."""
         return contextlib.nullcontext()
 
-    def finalize_grads(self, model: torch.nn.Module) -> dict[str, float]:
-        """Finish gradients after all microbatches of an optimizer step; returns metrics."""
+    def finalize_grads(self, model: torch.nn.Module, ctx: StepContext) -> dict[str, float]:
+        """Finish gradients after all microbatches of the step (the caller then clips and steps)."""
         return {}
 
     def state_dict(self) -> dict:
@@ -86,9 +146,6 @@ class Algorithm:
         pass
 
 
-# ------------------------------------------------------------------------------------------------
-# Driving the contract. Every caller (the trainer, data-parallel updates, the overhead benchmark, the
-# tests' references) goes through these two functions, so what is tested is what trains.
 @dataclass
 class MicrobatchResult:
     loss: float
@@ -96,43 +153,5 @@ class MicrobatchResult:
     logp_BT: torch.Tensor
     """Detached trainer log-probs of the microbatch (the trainer compares them with the sampler's)."""
     entropy_BT: torch.Tensor | None
-
-
-def microbatch_backward(algorithm: Algorithm, model: torch.nn.Module, mb: TrainBatch, totals: BatchTotals, *,
-                        forward_model: torch.nn.Module | None = None, global_index: int | None = None,
-                        sync_context: ContextManager | None = None, with_entropy: bool = False,
-                        check_loss: Callable[[torch.Tensor], None] | None = None,
-                        loss_scale: float = 1.0) -> MicrobatchResult:
-    """Forward, loss and backward of one microbatch, adding its share of the optimizer step's gradient.
-
-    `model` is what the algorithm hooks (parameter names, Linear layers); `forward_model` what the batch
-    runs through (a DDP wrapper of `model`; default `model`). `global_index` is the microbatch's index in
-    the optimizer batch: ISOPO seeds its probes with it, so under data parallelism every rank must pass the
-    global index, not its local count. `sync_context` encloses forward AND backward (DDP decides at forward
-    time whether the backward all-reduces). `check_loss` runs before backward (the trainer's NaN guard).
-    `loss_scale` exists only for the control test of the loss-times-world-size trick."""
-    if global_index is not None and hasattr(algorithm, "micro"):
-        algorithm.micro = global_index
-    forward_model = forward_model if forward_model is not None else model
-    with (sync_context or contextlib.nullcontext()), algorithm.backward_context(model, mb, totals):
-        if with_entropy:
-            logp_BT, entropy_BT = sequence_logprobs(forward_model, mb, with_entropy=True)
-        else:
-            logp_BT, entropy_BT = sequence_logprobs(forward_model, mb), None
-        loss, metrics = algorithm.loss(logp_BT, mb, totals)
-        if check_loss is not None:
-            check_loss(loss)
-        (loss * loss_scale if loss_scale != 1.0 else loss).backward()
-    return MicrobatchResult(float(loss.detach()), metrics, logp_BT.detach(),
-                            None if entropy_BT is None else entropy_BT.detach())
-
-
-def accumulate(algorithm: Algorithm, model: torch.nn.Module, microbatches: Sequence[TrainBatch],
-               totals: BatchTotals) -> dict[str, float]:
-    """One optimizer step's gradient in one process: zero .grad, every microbatch in order, then
-    `finalize_grads`. Returns the algorithm's finalize metrics."""
-    model.zero_grad(set_to_none=True)
-    algorithm.begin_step(microbatches, totals)
-    for index, mb in enumerate(microbatches):
-        microbatch_backward(algorithm, model, mb, totals, global_index=index)
-    return algorithm.finalize_grads(model)
+    mb: TrainBatch = field(repr=False, default=None)
+    """The microbatch as it was run (on the compute device)."""

@@ -11,7 +11,7 @@ import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from isopo_bench.errors import ConfigError
 
@@ -95,55 +95,6 @@ class RolloutConfig:
 
 
 @dataclass(frozen=True)
-class IsopoConfig:
-    mode: Literal["fast", "faithful"] = "fast"
-    """`faithful`: the reference numerics (materialised per-sequence gradients, eigh); `fast`: equivalent cheap forms."""
-    p: float = 0.0
-    """Negative power of the Euclidean norm N_i (non-interacting)."""
-    q: float = 1.0
-    """Negative power of the Fisher norm O_i (non-interacting); the released run uses q = 1."""
-    r: float = 0.0
-    """Negative power of the relative overlap R_i = O_i / N_i (non-interacting)."""
-    reg_n: float = 0.0
-    """Soft regularisation factor c_N for N (0 disables)."""
-    reg_o: float = 0.0
-    """Soft regularisation factor c_O for O (0 disables)."""
-    reg_r: float = 0.0
-    """Soft regularisation factor c_R for R (0 disables)."""
-    reg_form: Literal["keep-small", "additive"] = "keep-small"
-    """`keep-small`: sqrt(x^2/lambda + 1); `additive`: sqrt(x^2 + lambda)."""
-    num_probes: int = 250
-    """Fisher probe tokens per layer and microbatch (S = min(num_probes, N))."""
-    share_probes: bool = True
-    """Draw one probe set per microbatch shared by all layers (False: redraw per layer, as the reference)."""
-    damping: float = 1.0
-    """c_nat: interacting ISOPO damping lambda = c_nat * EMA[tr K / B]."""
-    ema_decay: float = 0.9
-    """EMA decay of the per-layer statistics."""
-    ema_cumulative: bool = False
-    """Replication option: keep collected statistics (cumulative mean) instead of clearing each step."""
-    other_params: Literal["reinforce", "freeze", "reference"] = "reinforce"
-    """Parameters that are not Linear weights: REINFORCE gradient, frozen, or the reference's advantage-free -logp gradient."""
-    tied_embedding: Literal["split", "reference"] = "split"
-    """Tied lm_head/embedding: `split` = ISOPO for the head part + `other_params` rule for the lookup part; `reference` = ISOPO replaces the whole gradient."""
-    fast_plan: Literal["auto", "ghost", "materialise"] = "auto"
-    """Fast mode, per layer: `auto` picks the cheaper exact form by cost; `ghost` forces ghost norms / Gram products; `materialise` forces per-sequence gradients (chunked when over budget). For tests and benchmarks."""
-    materialise_budget_mb: int = 1024
-    """Most memory (MiB) one layer's materialised per-sequence gradients may take; larger layers are processed in output-row chunks."""
-
-
-@dataclass(frozen=True)
-class NpgConfig:
-    fisher: Literal["one", "own", "mean", "all"] = "one"
-    """Fisher samples S of the damped rank-|S| natural gradient lambda (lambda I + sum_S u u^T)^-1 g, per Linear
-    layer: `one` = one sequence of the microbatch (seeded draw), `own` = each sequence's own score, `mean` = the
-    mean score, `all` = all sequences (= isopo-interacting)."""
-    damping: float = 1.0
-    """c: lambda = c * EMA[tr K / B] (mean squared per-sequence layer-gradient norm), as interacting ISOPO;
-    `one` estimates tr K / B by the sampled sequence's own |G_j|^2 (unbiased, and free given K's row j)."""
-
-
-@dataclass(frozen=True)
 class AlgorithmConfig:
     name: str = "reinforce"
     """Registered algorithm (see `isopo-bench list`)."""
@@ -153,26 +104,13 @@ class AlgorithmConfig:
     """Loss aggregation over the optimizer batch."""
     loss_agg_max_len: int = 0
     """L_max for seq-mean-token-sum-norm; 0 = rollout.max_new_tokens."""
-    clip_eps_low: float = 0.2
-    """Lower clip range (ratio >= 1 - eps_low)."""
-    clip_eps_high: float = 0.2
-    """Upper clip range (ratio <= 1 + eps_high)."""
-    dual_clip: float = 3.0
-    """Dual-clip constant c for negative advantages (PPO-style losses)."""
-    gspo_clip_eps_low: float = 3e-4
-    """GSPO only: lower clip range of the sequence ratio s_i (GSPO paper: 3e-4); clip_eps_* do not apply to gspo."""
-    gspo_clip_eps_high: float = 4e-4
-    """GSPO only: upper clip range of the sequence ratio s_i (GSPO paper: 4e-4)."""
     kl_coef: float = 0.0
     """k3 KL penalty to the initial (reference) policy; 0 disables and skips the reference forward."""
     old_logp_source: Literal["recompute", "sampler"] = "recompute"
     """pi_old log-probs: recomputed by the trainer before the update, or taken from the rollout engine."""
-    isopo: IsopoConfig = field(default_factory=IsopoConfig)
-    """ISOPO settings (used by the isopo algorithms only)."""
-    extra: tuple[str, ...] = ()
-    """Settings for third-party algorithms as key=value strings."""
-    npg: NpgConfig = field(default_factory=NpgConfig)
-    """npg_rank1 settings (used by the npg_rank1 algorithm only)."""
+    settings: Any = None
+    """The algorithm's own settings (its `Settings` dataclass; None = its defaults). On the command line its
+    fields are `--algorithm.<field>` (`isopo-bench train --algorithm.name NAME --help` lists them)."""
 
 
 @dataclass(frozen=True)
