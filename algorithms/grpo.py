@@ -1,4 +1,4 @@
-"""GRPO: the PPO-clip surrogate with dual clip (ALGORITHMS.md section 4).
+"""GRPO: the PPO-clip surrogate with dual clip (docs/algorithms.md#grpo).
 
 Objective, per response token t of sequence i, with r_t = exp(clamp(logp_t - old_logp_t, -20, 20)):
     l1 = -A_i r_t,   l2 = -A_i clip(r_t, 1 - eps_low, 1 + eps_high),   lc = max(l1, l2),
@@ -24,10 +24,12 @@ Implementation details and deviations:
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from isopo_bench.aggregation import aggregate
-from isopo_bench.algorithm_api import Algorithm
+from isopo_bench.algorithm_api import Algorithm, AlgorithmPreset
 from isopo_bench.algorithms._ratio import (
     CLIP_FRAC_HIGH,
     CLIP_FRAC_LOW,
@@ -64,31 +66,49 @@ def clip_metrics(ratio_BT, advantages_BT, mask_BT, eps_low: float, eps_high: flo
     }
 
 
+@dataclass(frozen=True)
+class GrpoSettings:
+    clip_eps_low: float = 0.2
+    """Lower clip range (ratio >= 1 - clip_eps_low)."""
+    clip_eps_high: float = 0.2
+    """Upper clip range (ratio <= 1 + clip_eps_high); DAPO's clip-higher uses 0.28."""
+    dual_clip: float = 3.0
+    """Dual-clip constant c for negative advantages (the loss is capped at -A c); inf disables."""
+
+
 @ALGORITHMS.register("grpo")
 class Grpo(Algorithm):
+    Settings = GrpoSettings
+    presets = {
+        "grpo": AlgorithmPreset(description="the ISOPO paper's GRPO baseline: eps 0.2/0.2, dual clip 3, token-mean"),
+        "dapo": AlgorithmPreset(GrpoSettings(clip_eps_high=0.28), loss_agg="token-mean",
+                                description="DAPO's clip-higher (eps_high 0.28), token-mean"),
+        "drgrpo": AlgorithmPreset(advantage="mean", loss_agg="seq-mean-token-sum-norm",
+                                  description="Dr.GRPO: mean-baseline advantages, token sums over B * L_max"),
+    }
     needs_old_logp = True
 
     @classmethod
-    def validate(cls, cfg) -> None:
-        a = cfg.algorithm
+    def validate(cls, setup) -> None:
+        a = setup.settings
         check_positive("algorithm.clip_eps_low", a.clip_eps_low, "use e.g. 0.2 (ratio >= 0.8)")
         check_positive("algorithm.clip_eps_high", a.clip_eps_high, "use e.g. 0.2, or 0.28 for DAPO")
         if not a.dual_clip > 1.0:
             raise ConfigError(
                 "algorithm.dual_clip", f"must be > 1, got {a.dual_clip}", "use 3.0 (the reference), or inf to disable"
             )
-        check_kl_coef(a.kl_coef)
+        check_kl_coef(setup.kl_coef)
 
     def loss(self, logp_BT, mb: TrainBatch, totals: BatchTotals):
-        a = self.acfg
+        a = self.settings
         log_ratio_BT = token_log_ratio(logp_BT, mb)
         ratio_BT = torch.exp(log_ratio_BT)
         advantages_BT = mb.advantages_B[:, None].to(logp_BT.dtype).expand_as(logp_BT)
         per_token_BT = ppo_dual_clip_losses(ratio_BT, advantages_BT, a.clip_eps_low, a.clip_eps_high, a.dual_clip)
-        loss = aggregate(per_token_BT, mb.response_mask_BT, a.loss_agg, totals)
+        loss = aggregate(per_token_BT, mb.response_mask_BT, self.setup.loss_agg, totals)
         metrics = ratio_metrics(log_ratio_BT, mb.response_mask_BT)
         metrics |= clip_metrics(
             ratio_BT.detach(), advantages_BT, mb.response_mask_BT, a.clip_eps_low, a.clip_eps_high, a.dual_clip
         )
-        loss = add_kl_penalty(loss, logp_BT, mb, totals, a, metrics)
+        loss = add_kl_penalty(loss, logp_BT, mb, totals, self.setup, metrics)
         return loss, metrics

@@ -13,13 +13,13 @@ unclipped sequences, 0 for clipped ones. Clipping is decided once per sequence.
 Paper: Zheng et al. 2025, "Group Sequence Policy Optimization" (arXiv 2507.18071), eq. 5-7 and 13-14.
 Upstream: verl's `compute_policy_loss_gspo`.
 
-Settings reproduced: the paper's section 5.1 clip ranges eps_low = 3e-4, eps_high = 4e-4 (fields
-`algorithm.gspo_clip_eps_low/high`; the token-level clip_eps_* do not apply) and seq-mean-token-mean
+Settings reproduced: the paper's section 5.1 clip ranges eps_low = 3e-4, eps_high = 4e-4 (its settings
+`algorithm.gspo_clip_eps_low/high`) and seq-mean-token-mean
 aggregation (set by the `gspo` preset; `algorithm.loss_agg` is honoured, token-mean weights sequences by
 length), no KL.
 
 Deviations and details:
-- No dual clip (the paper has none); `algorithm.dual_clip` is ignored.
+- No dual clip (the paper has none).
 - The per-token log-ratio is clamped to [-20, 20] before the mean (as for the other ratio losses), and only
   the detached sequence term is clamped, so the clamp never removes gradient from unclipped sequences.
 - Metrics: `clip_frac_low` / `clip_frac_high` are fractions of response tokens (the paper reports token
@@ -29,10 +29,12 @@ Deviations and details:
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from isopo_bench.aggregation import aggregate
-from isopo_bench.algorithm_api import Algorithm
+from isopo_bench.algorithm_api import Algorithm, AlgorithmPreset
 from isopo_bench.algorithms._ratio import (
     CLIP_FRAC_HIGH,
     CLIP_FRAC_LOW,
@@ -59,19 +61,30 @@ def token_sequence_ratio(logp_BT: torch.Tensor, seq_log_ratio_B: torch.Tensor) -
     return torch.exp(logp_BT - logp_BT.detach() + seq_log_ratio_B.detach()[:, None])
 
 
+@dataclass(frozen=True)
+class GspoSettings:
+    gspo_clip_eps_low: float = 3e-4
+    """Lower clip range of the sequence ratio s_i (GSPO paper: 3e-4)."""
+    gspo_clip_eps_high: float = 4e-4
+    """Upper clip range of the sequence ratio s_i (GSPO paper: 4e-4)."""
+
+
 @ALGORITHMS.register("gspo")
 class Gspo(Algorithm):
+    Settings = GspoSettings
+    presets = {"gspo": AlgorithmPreset(loss_agg="seq-mean-token-mean",
+                                       description="GSPO: sequence ratio clipped to [1-3e-4, 1+4e-4], seq-mean-token-mean")}
     needs_old_logp = True
 
     @classmethod
-    def validate(cls, cfg) -> None:
-        a = cfg.algorithm
+    def validate(cls, setup) -> None:
+        a = setup.settings
         check_positive("algorithm.gspo_clip_eps_low", a.gspo_clip_eps_low, "use the paper's 3e-4")
         check_positive("algorithm.gspo_clip_eps_high", a.gspo_clip_eps_high, "use the paper's 4e-4")
-        check_kl_coef(a.kl_coef)
+        check_kl_coef(setup.kl_coef)
 
     def loss(self, logp_BT, mb: TrainBatch, totals: BatchTotals):
-        a = self.acfg
+        a = self.settings
         mask_BT = mb.response_mask_BT
         log_ratio_BT = token_log_ratio(logp_BT, mb)
         seq_log_ratio_B = sequence_log_ratio(log_ratio_BT, mask_BT)
@@ -80,13 +93,13 @@ class Gspo(Algorithm):
         unclipped_BT = -advantages_BT * ratio_BT
         clipped_BT = -advantages_BT * ratio_BT.clamp(1.0 - a.gspo_clip_eps_low, 1.0 + a.gspo_clip_eps_high)
         per_token_BT = torch.maximum(unclipped_BT, clipped_BT)
-        loss = aggregate(per_token_BT, mask_BT, a.loss_agg, totals)
+        loss = aggregate(per_token_BT, mask_BT, self.setup.loss_agg, totals)
         metrics = self._metrics(log_ratio_BT, seq_log_ratio_B, advantages_BT, mask_BT)
-        loss = add_kl_penalty(loss, logp_BT, mb, totals, a, metrics)
+        loss = add_kl_penalty(loss, logp_BT, mb, totals, self.setup, metrics)
         return loss, metrics
 
     def _metrics(self, log_ratio_BT, seq_log_ratio_B, advantages_BT, mask_BT) -> dict[str, float]:
-        a = self.acfg
+        a = self.settings
         seq_ratio_B = torch.exp(seq_log_ratio_B.detach())
         seq_ratio_BT = seq_ratio_B[:, None].expand_as(mask_BT)
         return {

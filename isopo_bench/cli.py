@@ -29,9 +29,8 @@ SUBCOMMANDS = {
 
 
 def train_main(argv: list[str]) -> int:
-    import tyro
-
-    from isopo_bench.presets import ALGORITHM_PRESETS, RUN_PRESETS, compose
+    from isopo_bench.cli_config import parse_config
+    from isopo_bench.presets import RUN_PRESETS, algorithm_presets, compose
 
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--preset", default="tiny-smoke")
@@ -41,11 +40,12 @@ def train_main(argv: list[str]) -> int:
     known, rest = pre.parse_known_args(argv)
     description = (
         "One RL fine-tuning run. Extra flags: --preset NAME (base config: "
-        f"{', '.join(RUN_PRESETS)}), --algo-preset NAME ({', '.join(ALGORITHM_PRESETS)}), --resume (continue the "
-        "run with this config from its last checkpoint, same MLflow run), --dry-run (validate and print the config)."
+        f"{', '.join(RUN_PRESETS)}), --algo-preset NAME ({', '.join(algorithm_presets())}), --resume (continue the "
+        "run with this config from its last checkpoint, same MLflow run), --dry-run (validate and print the config). "
+        "The algorithm's and the task's own settings are listed for the chosen --algorithm.name / --task.name."
     )
-    cfg = tyro.cli(type(compose(known.preset)), default=compose(known.preset, known.algo_preset), args=rest,
-                   prog="isopo-bench train", description=description)
+    cfg = parse_config(type(compose(known.preset)), compose(known.preset, known.algo_preset), rest,
+                       prog="isopo-bench train", description=description)
     cfg.validate()
     if known.dry_run:
         import json
@@ -65,12 +65,12 @@ def train_main(argv: list[str]) -> int:
 
 def list_main(argv: list[str]) -> int:
     from isopo_bench.plugins import ADVANTAGES, ALGORITHMS, ENGINES, TASKS
-    from isopo_bench.presets import ALGORITHM_PRESETS, RUN_PRESETS
+    from isopo_bench.presets import RUN_PRESETS, algorithm_presets
 
     for title, names in (
         ("algorithms", ALGORITHMS.names()), ("tasks", TASKS.names()), ("advantage estimators", ADVANTAGES.names()),
         ("rollout engines", ENGINES.names()), ("run presets", sorted(RUN_PRESETS)),
-        ("algorithm presets", sorted(ALGORITHM_PRESETS)),
+        ("algorithm presets", sorted(algorithm_presets())),
     ):
         print(f"{title}: {', '.join(names)}")
     return 0

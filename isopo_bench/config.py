@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from isopo_bench.errors import ConfigError
+from isopo_bench.model_identity import model_identity
 
 AggregationMode = Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm"]
 
@@ -48,8 +49,9 @@ class ModelConfig:
 class TaskConfig:
     name: str = "arithmetic"
     """Registered task name (see `isopo-bench list`)."""
-    params: tuple[str, ...] = ()
-    """Task-specific settings as key=value strings, validated by the task (e.g. `max_operand=99`)."""
+    settings: Any = None
+    """The task's own settings (its `Settings` dataclass; None = its defaults); on the command line
+    `--task.<field>` (`isopo-bench train --task.name NAME --help` lists them)."""
     data_dir: str = ""
     """Local dataset folder for file-backed tasks (GSM8K: train.jsonl/test.jsonl); empty = env var or hub."""
     eval_items: int = 128
@@ -165,6 +167,9 @@ class TrackingConfig:
     """Sample completions with rewards saved as an artifact at each evaluation."""
     suite: str = ""
     """Suite name/version tag (set by the suite runner)."""
+    algorithm_label: str = ""
+    """How the leaderboard names the algorithm (the suite sets the preset name, so `dapo` and `grpo` stay
+    apart); empty = algorithm.name. Not part of the experiment's identity."""
 
 
 @dataclass(frozen=True)
@@ -194,22 +199,30 @@ class RunConfig:
     """torch CPU threads; 0 = torch's default."""
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """Every setting, the plug-ins' settings made explicit (None -> the plug-in's defaults)."""
+        # Imported here: the registries import the plug-in modules, which import this module.
+        from isopo_bench.plugin_settings import resolved_run
+
+        return dataclasses.asdict(resolved_run(self))
 
     def config_hash(self) -> str:
         return experiment_hash(self.to_dict())
 
     def validate(self) -> "RunConfig":
-        from isopo_bench.config_checks import validate_run_config  # it imports the plug-in registries
+        from isopo_bench.config_checks import validate_run_config
 
         validate_run_config(self)
         return self
 
 
 def experiment_hash(config: dict) -> str:
-    """Identity of an experiment: every setting except where results are written and thread counts."""
+    """Identity of an experiment: every setting except where results are written and thread counts. The
+    algorithm and task sections hold only the chosen plug-ins' own settings (adding a field to another
+    plug-in leaves this hash alone), and a local model folder is named by its content hash."""
     d = json.loads(json.dumps(config))
-    for key in ("uri", "run_name", "output_dir", "checkpoint_every", "log_samples"):
+    if "model" in d:
+        d["model"] = model_identity_fields(d["model"])
+    for key in ("uri", "run_name", "output_dir", "checkpoint_every", "log_samples", "algorithm_label"):
         d["tracking"].pop(key, None)
     d.pop("threads", None)
     # DDP and FSDP2 compute the same update (tests/test_distributed.py), so the wrapper is not part of the
@@ -219,6 +232,17 @@ def experiment_hash(config: dict) -> str:
     if parallel.get("world_size", 1) != 1:
         d["parallel"] = {"world_size": parallel["world_size"]}
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def model_identity_fields(model: dict) -> dict:
+    model = dict(model)
+    if model.get("init_from"):
+        model["init_from"] = model_identity(model["init_from"])
+    if model.get("name_or_path", "tiny") != "tiny":
+        model["name_or_path"] = model_identity(model["name_or_path"])
+        for key in [k for k in model if k.startswith("tiny_")]:
+            del model[key]  # the tiny model's shape means nothing for a real model
+    return model
 
 
 def replace(cfg, **changes):

@@ -6,11 +6,16 @@ the config field and the fix; checks specific to one algorithm, task or engine a
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 
+
+from isopo_bench.capabilities import check_pairing
 from isopo_bench.config import ModelConfig, RunConfig
-from isopo_bench.errors import ConfigError
+from isopo_bench.errors import ConfigError, UnknownNameError
+from isopo_bench.plugin_settings import algorithm_settings, run_algorithm_setup, task_settings
+from isopo_bench.plugins import ADVANTAGES, ALGORITHMS, ENGINES, TASKS
 
 
 def _positive(field_name: str, value: float, fix: str = "use a positive value") -> None:
@@ -34,12 +39,6 @@ def _check_model_paths(model: ModelConfig) -> None:
 
 
 def validate_run_config(cfg: RunConfig) -> None:
-    # Imports here: the registries import plug-in modules, which import isopo_bench.config.
-    from isopo_bench.control.config import check_gradient_signal
-    from isopo_bench.errors import UnknownNameError
-    from isopo_bench.plugins import ADVANTAGES, ALGORITHMS, ENGINES, TASKS
-
-    check_gradient_signal(cfg.algorithm.name, cfg.task.name)
     for field_name, registry, name in (
         ("algorithm.name", ALGORITHMS, cfg.algorithm.name),
         ("algorithm.advantage", ADVANTAGES, cfg.algorithm.advantage),
@@ -49,7 +48,10 @@ def validate_run_config(cfg: RunConfig) -> None:
         try:
             registry.get(name)
         except UnknownNameError as exc:
-            raise ConfigError(field_name, str(exc), f"pick one of: {', '.join(registry.names())}") from None
+            hint = " (pathwise methods such as bptt and rpo run with `isopo-bench control-train`)" if registry is ALGORITHMS else ""
+            raise ConfigError(field_name, str(exc), f"pick one of: {', '.join(registry.names())}{hint}") from None
+    algo_cls, task_cls = ALGORITHMS.get(cfg.algorithm.name), TASKS.get(cfg.task.name)
+    check_pairing(algo_cls, cfg.algorithm.name, task_cls, cfg.task.name, track="text")
     r, o = cfg.rollout, cfg.optim
     _positive("rollout.prompts_per_step", r.prompts_per_step)
     _positive("rollout.samples_per_prompt", r.samples_per_prompt)
@@ -85,11 +87,20 @@ def validate_run_config(cfg: RunConfig) -> None:
     _check_model_paths(cfg.model)
     if cfg.tracking.checkpoint_every < 0 or cfg.eval.every < 0:
         raise ConfigError("tracking.checkpoint_every", "must be >= 0", "use 0 to disable")
-    ALGORITHMS.get(cfg.algorithm.name).validate(cfg)
-    TASKS.get(cfg.task.name).validate(cfg.task)
+    _check_algorithm_section(cfg)
+    algo_cls.validate(run_algorithm_setup(cfg))
+    task_cls.validate(dataclasses.replace(cfg.task, settings=task_settings(cfg.task)))
     engine_validate = getattr(ENGINES.get(cfg.rollout.engine), "validate", None)
     if engine_validate is not None:
         engine_validate(cfg)
+
+
+def _check_algorithm_section(cfg: RunConfig) -> None:
+    """The settings belong to the algorithm; the aggregation's L_max is meaningful."""
+    algorithm_settings(cfg.algorithm)  # ConfigError when they are another plug-in's
+    if cfg.algorithm.loss_agg_max_len < 0:
+        raise ConfigError("algorithm.loss_agg_max_len", f"must be >= 0, got {cfg.algorithm.loss_agg_max_len}",
+                          "use 0 (= rollout.max_new_tokens)")
 
 
 def _check_parallel(cfg: RunConfig) -> None:

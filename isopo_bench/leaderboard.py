@@ -238,7 +238,8 @@ def leaderboard(runs_df: pd.DataFrame, baseline: str = REINFORCE, threshold: flo
         best = lr_rows.groupby(M.LB_ALGORITHM)[M.LB_ACC_MEAN].max().max()
         initial = _finished(group)[M.LB_INITIAL_ACC].median()
         thr = threshold if threshold is not None else default_threshold(initial, best)
-        ref = _finished(group[group[M.LB_ALGORITHM] == REINFORCE])[M.LB_UPDATE_S].median()
+        # The update-time ratio is against the same baseline as the paired differences.
+        ref = _finished(group[group[M.LB_ALGORITHM] == baseline])[M.LB_UPDATE_S].median()
         for algo, g in group.groupby(M.LB_ALGORITHM):
             row = _algorithm_row(g, lr_rows[lr_rows[M.LB_ALGORITHM] == algo], thr, ref)
             diff = diffs.loc[(*key, algo)].to_dict() if (*key, algo) in diffs.index else {M.LB_N_PAIRS: 0}
@@ -258,14 +259,14 @@ def default_threshold(initial: float, best: float) -> float:
     return initial + 0.5 * (best - initial)
 
 
-def _algorithm_row(g: pd.DataFrame, lr_rows: pd.DataFrame, threshold: float, reinforce_update_s: float) -> dict:
+def _algorithm_row(g: pd.DataFrame, lr_rows: pd.DataFrame, threshold: float, baseline_update_s: float) -> dict:
     fin = _finished(g)
     valid = lr_rows.dropna(subset=[M.LB_ACC_MEAN])
     row = _counts(g) | _provenance(g) | {
         M.LB_LRS_FINISHED: f"{len(valid)}/{len(lr_rows)}", M.LB_ROBUST_MEAN: valid[M.LB_ACC_MEAN].mean(),
         M.LB_ROBUST_WORST: valid[M.LB_ACC_MEAN].min(), M.LB_THRESHOLD: threshold,
         M.LB_UPDATE_S: fin[M.LB_UPDATE_S].median(), M.LB_STEP_S: fin[M.LB_STEP_S].median(),
-        M.LB_OVERHEAD: fin[M.LB_UPDATE_S].median() / reinforce_update_s,
+        M.LB_OVERHEAD: fin[M.LB_UPDATE_S].median() / baseline_update_s,
     }
     if valid.empty:
         return row

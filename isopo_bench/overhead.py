@@ -22,10 +22,10 @@ from dataclasses import dataclass
 import torch
 from transformers import Qwen3Config, Qwen3ForCausalLM
 
-from isopo_bench.algorithm_api import accumulate
 from isopo_bench.batch import BatchTotals, TrainBatch, pad_and_stack, sequence_logprobs
-from isopo_bench.config import AlgorithmConfig, IsopoConfig, RunConfig
-from isopo_bench.plugins import ALGORITHMS
+from isopo_bench.config import AlgorithmConfig
+from isopo_bench.plugin_settings import algorithm_presets, build_algorithm, resolved
+from isopo_bench.step_driver import accumulate
 
 BASELINE = "reinforce"
 
@@ -105,15 +105,27 @@ def build_microbatches(shape: Shape, device: torch.device, seed: int = 0) -> lis
     return [batch.select(slice(i, i + shape.microbatch)) for i in range(0, n, shape.microbatch)]
 
 
-def variants(names: list[str], faithful: bool) -> list[tuple[str, str, str]]:
-    """(label, algorithm, isopo mode) for every registered algorithm; ISOPO in both modes."""
+def variants(names: list[str], faithful: bool) -> list[tuple[str, AlgorithmConfig]]:
+    """(label, algorithm config) per name: the preset of that name when there is one (else the algorithm's
+    defaults), plus its `<name>-faithful` preset when `faithful` and the algorithm declares one (ISOPO's
+    reference-numerics mode)."""
+    presets = algorithm_presets()
     out = []
     for name in names:
-        if name.startswith("isopo"):
-            out += [(f"{name} (fast)", name, "fast")] + ([(f"{name} (faithful)", name, "faithful")] if faithful else [])
-        else:
-            out.append((name, name, "fast"))
+        cfg = presets.get(name) or resolved(AlgorithmConfig(name=name))
+        has_faithful = f"{name}-faithful" in presets
+        out.append((f"{name} (fast)" if has_faithful else name, cfg))
+        if faithful and has_faithful:
+            out.append((f"{name} (faithful)", presets[f"{name}-faithful"]))
     return out
+
+
+def with_probes(cfg: AlgorithmConfig, num_probes: int) -> AlgorithmConfig:
+    """The shape's probe count for algorithms whose settings have one (the non-interacting ISOPO axis)."""
+    fields = {f.name for f in dataclasses.fields(cfg.settings)}
+    if "num_probes" not in fields:
+        return cfg
+    return dataclasses.replace(cfg, settings=dataclasses.replace(cfg.settings, num_probes=num_probes))
 
 
 def update_step(model, optimizer, algo, mbs: list[TrainBatch], totals: BatchTotals) -> None:
@@ -150,9 +162,8 @@ def setup(shape: Shape, labels, device, dtype):
         for mb in mbs:
             mb.old_logp_BT = sequence_logprobs(model, mb).float()
     algos = {}
-    for label, name, mode in labels:
-        isopo = IsopoConfig(mode=mode, num_probes=shape.num_probes)
-        algos[label] = ALGORITHMS.get(name)(RunConfig(algorithm=AlgorithmConfig(name=name, isopo=isopo)))
+    for label, algo_cfg in labels:
+        algos[label] = build_algorithm(with_probes(algo_cfg, shape.num_probes))
         algos[label].attach(model)
     return model, optimizer, mbs, totals, algos
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 import dataclasses
 
 from isopo_bench.algorithm_api import Algorithm, AlgorithmPreset, AlgorithmSetup
-from isopo_bench.config import AlgorithmConfig, RunConfig
+from isopo_bench.config import AlgorithmConfig, RunConfig, TaskConfig
 from isopo_bench.errors import ConfigError, UnknownNameError
-from isopo_bench.plugins import ALGORITHMS
+from isopo_bench.plugins import ALGORITHMS, TASKS
 
 # The shared algorithm fields; a plug-in's own field may not reuse one of these names (its flag would clash).
 SHARED_ALGORITHM_FIELDS = frozenset(f.name for f in dataclasses.fields(AlgorithmConfig))
@@ -46,6 +46,21 @@ def resolved(acfg: AlgorithmConfig) -> AlgorithmConfig:
     return dataclasses.replace(acfg, settings=algorithm_settings(acfg))
 
 
+def task_settings(tcfg: TaskConfig):
+    return settings_of(TASKS, "task", tcfg.name, tcfg.settings)
+
+
+def resolved_run(cfg: RunConfig) -> RunConfig:
+    """`cfg` with both plug-ins' settings explicit. Unknown names are left as they are (validation reports
+    them with the known names)."""
+    changes = {}
+    if cfg.algorithm.name in ALGORITHMS:
+        changes["algorithm"] = resolved(cfg.algorithm)
+    if cfg.task.name in TASKS:
+        changes["task"] = dataclasses.replace(cfg.task, settings=task_settings(cfg.task))
+    return dataclasses.replace(cfg, **changes)
+
+
 def algorithm_setup(acfg: AlgorithmConfig, *, seed: int = 0, world_size: int = 1, sharded_parameters: bool = False,
                     track: str = "text") -> AlgorithmSetup:
     return AlgorithmSetup(name=acfg.name, settings=algorithm_settings(acfg), loss_agg=acfg.loss_agg,
@@ -57,6 +72,21 @@ def run_algorithm_setup(cfg: RunConfig) -> AlgorithmSetup:
     p = cfg.parallel
     return algorithm_setup(cfg.algorithm, seed=cfg.seed, world_size=p.world_size,
                            sharded_parameters=p.world_size > 1 and p.mode == "fsdp2")
+
+
+def algorithm_config(name: str, **fields) -> AlgorithmConfig:
+    """An AlgorithmConfig from flat fields, as the CLI takes them: shared ones (loss_agg, advantage, ...)
+    and the algorithm's own settings (e.g. clip_eps_high for grpo). An unknown field is a ConfigError."""
+    settings_cls = getattr(ALGORITHMS.get(name), "Settings", None)
+    own_names = {f.name for f in dataclasses.fields(settings_cls)} if settings_cls is not None else set()
+    unknown = set(fields) - own_names - SHARED_ALGORITHM_FIELDS
+    if unknown:
+        raise ConfigError(f"algorithm.{sorted(unknown)[0]}", f"`{name}` has no setting {', '.join(sorted(unknown))}",
+                          f"its settings: {', '.join(sorted(own_names)) or '(none)'}")
+    own = {k: v for k, v in fields.items() if k in own_names}
+    shared = {k: v for k, v in fields.items() if k not in own_names}
+    settings = settings_cls(**own) if settings_cls is not None else None
+    return AlgorithmConfig(name=name, settings=settings, **shared)
 
 
 def build_algorithm(acfg: AlgorithmConfig, **setup_fields) -> Algorithm:

@@ -6,32 +6,12 @@ Algorithm presets set only the algorithm section and compose with any run preset
 
 from __future__ import annotations
 
-from isopo_bench.config import (
-    AlgorithmConfig, EvalConfig, IsopoConfig, ModelConfig, NpgConfig, OptimConfig, RolloutConfig, RunConfig, TaskConfig,
-    VllmConfig, replace,
-)
+from isopo_bench.config import EvalConfig, ModelConfig, OptimConfig, RolloutConfig, RunConfig, TaskConfig, VllmConfig, replace
 from isopo_bench.errors import UnknownNameError
+from isopo_bench.plugin_settings import algorithm_preset, algorithm_presets
 
-# ALGORITHMS.md section 6 (the paper's GSM8K run) and the baselines of the author's later script.
-ALGORITHM_PRESETS: dict[str, AlgorithmConfig] = {
-    "reinforce": AlgorithmConfig(name="reinforce"),
-    "grpo": AlgorithmConfig(name="grpo", clip_eps_low=0.2, clip_eps_high=0.2, dual_clip=3.0),
-    "cispo": AlgorithmConfig(name="cispo", clip_eps_low=10.0, clip_eps_high=0.2),
-    "dapo": AlgorithmConfig(name="grpo", clip_eps_low=0.2, clip_eps_high=0.28, loss_agg="token-mean"),
-    "drgrpo": AlgorithmConfig(name="grpo", advantage="mean", loss_agg="seq-mean-token-sum-norm"),
-    "gspo": AlgorithmConfig(name="gspo", gspo_clip_eps_low=3e-4, gspo_clip_eps_high=4e-4, loss_agg="seq-mean-token-mean"),
-    "isopo": AlgorithmConfig(name="isopo", isopo=IsopoConfig(p=0.0, q=1.0, r=0.0)),
-    "isopo-interacting": AlgorithmConfig(name="isopo-interacting", isopo=IsopoConfig(damping=1.0)),
-    # Ablations of the non-interacting exponents (N^p O^q R^r; only two are independent without regularisation).
-    "isopo-euclidean": AlgorithmConfig(name="isopo", isopo=IsopoConfig(p=1.0, q=0.0, r=0.0)),
-    "isopo-q-1-r-2": AlgorithmConfig(name="isopo", isopo=IsopoConfig(p=0.0, q=-1.0, r=-2.0)),
-    "isopo-reinforce-limit": AlgorithmConfig(name="isopo", isopo=IsopoConfig(p=0.0, q=0.0, r=0.0)),
-    "isopo-faithful": AlgorithmConfig(name="isopo", isopo=IsopoConfig(mode="faithful")),
-    "isopo-interacting-faithful": AlgorithmConfig(name="isopo-interacting", isopo=IsopoConfig(mode="faithful")),
-    # The damped rank-1 natural gradient (SEED_METHODS.md): one sampled Fisher sequence per microbatch.
-    "npg_rank1": AlgorithmConfig(name="npg_rank1", npg=NpgConfig(fisher="one", damping=1.0)),
-    "npg_rank1_model": AlgorithmConfig(name="npg_rank1_model", npg=NpgConfig(fisher="one", damping=1.0)),
-}
+# Algorithm presets are declared by the plug-ins themselves (`Algorithm.presets`, collected across the
+# registry: isopo_bench.plugin_settings.algorithm_presets); only run presets are core data.
 
 
 def _tiny_smoke() -> RunConfig:
@@ -56,10 +36,10 @@ def _cpu_tier() -> RunConfig:
 
 
 def _paper() -> RunConfig:
-    """The paper's GSM8K run (ALGORITHMS.md section 6): Qwen3-0.6B, 128 x 8, 2 minibatches, microbatch 8."""
+    """The paper's GSM8K run (docs/algorithms.md#reference-setup): Qwen3-0.6B, 128 x 8, 2 minibatches, microbatch 8."""
     return RunConfig(
         model=ModelConfig(name_or_path="Qwen/Qwen3-0.6B", dtype="bfloat16", gradient_checkpointing=True),
-        task=TaskConfig(name="gsm8k", eval_items=1319, params=("reward_extraction=strict",)),
+        task=TaskConfig(name="gsm8k", eval_items=1319),  # strict "#### <number>" reward: the task default
         rollout=RolloutConfig(
             engine="vllm", prompts_per_step=128, samples_per_prompt=8, temperature=1.0, max_new_tokens=2048,
             max_prompt_tokens=512, vllm=VllmConfig(gpu_memory_utilization=0.4, max_model_len=2560),
@@ -76,12 +56,6 @@ def run_preset(name: str) -> RunConfig:
     if name not in RUN_PRESETS:
         raise UnknownNameError(f"unknown preset `{name}`. Known presets: {', '.join(sorted(RUN_PRESETS))}")
     return RUN_PRESETS[name]()
-
-
-def algorithm_preset(name: str) -> AlgorithmConfig:
-    if name not in ALGORITHM_PRESETS:
-        raise UnknownNameError(f"unknown algorithm preset `{name}`. Known: {', '.join(sorted(ALGORITHM_PRESETS))}")
-    return ALGORITHM_PRESETS[name]
 
 
 def compose(run: str = "tiny-smoke", algorithm: str = "") -> RunConfig:

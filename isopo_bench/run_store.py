@@ -73,7 +73,7 @@ class RunStore:
         cfg = self.cfg
         self.tracker.log_params(flatten(cfg.to_dict()) | {f"algorithm_policy.{k}": v for k, v in descriptive_params.items()})
         self.tracker.set_tags({
-            M.TAG_ALGORITHM: cfg.algorithm.name,
+            M.TAG_ALGORITHM: cfg.tracking.algorithm_label or cfg.algorithm.name,
             M.TAG_TASK: cfg.task.name,
             M.TAG_MODEL: cfg.model.init_from or cfg.model.name_or_path,
             M.TAG_SEED: cfg.seed,

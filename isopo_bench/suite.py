@@ -226,7 +226,7 @@ def print_report(suite: Suite, options: SuiteOptions, outcomes: list[Outcome], s
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="isopo-bench suite", description=__doc__.split("\n")[0])
-    p.add_argument("name", help=f"suite name ({', '.join(SUITES)}), optionally NAME@vVERSION")
+    p.add_argument("name", help=f"suite name ({', '.join(SUITES.names())}), optionally NAME@vVERSION")
     p.add_argument("--workers", type=int, default=1,
                    help="runs at a time on this machine (local: processes with one torch thread each)")
     p.add_argument("--dry-run", action="store_true", help="validate, print the plan and a compute estimate")
@@ -235,6 +235,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--experiment", default="isopo-bench", help="MLflow experiment")
     p.add_argument("--data-dir", default="", help=f"GSM8K folder (sets ${GSM8K_ENV}; the config hash does not depend on it)")
     p.add_argument("--retry-failed", action="store_true", help="run FAILED runs again (resuming from their checkpoint)")
+    p.add_argument("--algorithms", nargs="+", default=(), metavar="PRESET",
+                   help="replace the suite's algorithm presets (any registered preset, plug-ins' included), e.g. "
+                        "`--algorithms reinforce isopo my-method` to benchmark a new method beside the built-ins")
     c = p.add_argument_group("cluster backends", "where runs execute (see isopo_bench/suite_backends.py); on a cluster "
                              "the tracking URI, --output-dir and the caches must be reachable from every worker")
     c.add_argument("--backend", default="local", help=f"{' | '.join(BACKENDS)} (default local; on a cluster its "
@@ -256,7 +259,7 @@ def main(argv: list[str]) -> int:
     args = parse_args(argv)
     if args.data_dir:
         os.environ[GSM8K_ENV] = str(Path(args.data_dir).resolve())  # spawned workers inherit it
-    suite = get_suite(args.name)
+    suite = get_suite(args.name, tuple(args.algorithms))
     options = SuiteOptions(
         tracking_uri=args.tracking_uri, output_dir=args.output_dir, experiment=args.experiment, workers=args.workers,
         retry_failed=args.retry_failed, backend=args.backend, ray_address=args.ray_address,

@@ -11,13 +11,17 @@ interrupted suite already holds complete comparisons for its first seeds.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from isopo_bench.config import (
     EvalConfig, ModelConfig, OptimConfig, RolloutConfig, RunConfig, TaskConfig, TrackingConfig, replace,
 )
 from isopo_bench.errors import UnknownNameError
+from isopo_bench.tasks.arithmetic import ArithmeticSettings
+from isopo_bench.plugin_settings import algorithm_presets
 from isopo_bench.presets import algorithm_preset, run_preset
+from isopo_bench.registry import Registry
 
 FIVE_ALGORITHMS = ("reinforce", "grpo", "cispo", "isopo", "isopo-interacting")
 
@@ -47,7 +51,8 @@ class Suite:
     description: str
     base: RunConfig
     algorithms: tuple[str, ...]
-    """Algorithm preset names (isopo_bench.presets.ALGORITHM_PRESETS)."""
+    """Algorithm preset names: any preset a registered algorithm declares (built-in or an entry-point
+    plug-in's; isopo_bench.plugin_settings.algorithm_presets)."""
     lrs: tuple[float, ...]
     seeds: tuple[int, ...]
     warm_start: bool = False
@@ -72,7 +77,7 @@ class Suite:
                 for lr in self.lrs:
                     run_name = f"{algo}-lr{lr:g}-s{seed}"
                     out.append(replace(base, algorithm=algorithm_preset(algo), seed=seed,
-                                       **{"optim.lr": lr, "tracking.run_name": run_name}))
+                                       **{"optim.lr": lr, "tracking.run_name": run_name, "tracking.algorithm_label": algo}))
         return out
 
 
@@ -85,7 +90,7 @@ def _smoke() -> Suite:
         threads=1,
     )
     return Suite(
-        name="smoke", version=1, base=base, algorithms=("reinforce", "grpo"), lrs=(1e-3,), seeds=(0, 1),
+        name="smoke", version=2, base=base, algorithms=("reinforce", "grpo"), lrs=(1e-3,), seeds=(0, 1),
         description="Tests and first contact: the random tiny model (no warm start), 2 algorithms x 2 seeds, 4 steps.",
         budget="4 steps of 4x4 samples, 16 eval items at steps 0, 2, 4: a few seconds per run.",
     )
@@ -112,7 +117,7 @@ at 2e-5, holds at 6e-5 and collapses at 1.8e-4) x 3 seeds (the minimum for a t-i
 def _quick() -> Suite:
     base = replace(
         run_preset("cpu-tier"),
-        task=TaskConfig(name="arithmetic", params=("num_terms=3", "max_operand=9"), eval_items=512),
+        task=TaskConfig(name="arithmetic", settings=ArithmeticSettings(num_terms=3, max_operand=9), eval_items=512),
         rollout=RolloutConfig(prompts_per_step=8, samples_per_prompt=8, max_new_tokens=32, generation_batch_size=256),
         optim=OptimConfig(steps=20, lr=1e-4, microbatch_size=8, minibatches_per_step=2),
         eval=EvalConfig(every=10, at_start=True),
@@ -120,7 +125,7 @@ def _quick() -> Suite:
         threads=1,
     )
     return Suite(
-        name="quick", version=1, base=base, algorithms=FIVE_ALGORITHMS, lrs=(2e-5, 6e-5, 1.8e-4),
+        name="quick", version=2, base=base, algorithms=FIVE_ALGORITHMS, lrs=(2e-5, 6e-5, 1.8e-4),
         seeds=(0, 1, 2), warm_start=True, budget=QUICK_BUDGET,
         description="The CPU tier: warm-started tiny Qwen3 on 3-term single-digit arithmetic, 5 algorithms x "
                     "3 learning rates x 3 seeds.",
@@ -145,7 +150,7 @@ Target: about 1 hour on 2 CPU cores (not measured; estimated from FLOPs). SmolLM
 def _smollm2() -> Suite:
     base = RunConfig(
         model=ModelConfig(name_or_path=_smollm2_model()),
-        task=TaskConfig(name="arithmetic", params=("num_terms=2", "max_operand=20"), eval_items=128),
+        task=TaskConfig(name="arithmetic", settings=ArithmeticSettings(num_terms=2, max_operand=20), eval_items=128),
         rollout=RolloutConfig(prompts_per_step=4, samples_per_prompt=4, max_new_tokens=24, generation_batch_size=16),
         optim=OptimConfig(steps=30, lr=1e-5, microbatch_size=4),
         eval=EvalConfig(every=0, at_start=True),
@@ -153,7 +158,7 @@ def _smollm2() -> Suite:
         threads=1,
     )
     return Suite(
-        name="smollm2", version=1, base=base, algorithms=FIVE_ALGORITHMS, lrs=(1e-5,), seeds=(0,),
+        name="smollm2", version=2, base=base, algorithms=FIVE_ALGORITHMS, lrs=(1e-5,), seeds=(0,),
         description="SmolLM2-135M-Instruct on easy 2-term arithmetic: a real small LM on a CPU in about an hour "
                     "(run `isopo-bench convert-smollm2` once first).",
         budget=SMOLLM2_BUDGET,
@@ -174,21 +179,32 @@ at ~150 TFLOP/s (15% of bf16 peak); mean completion ~400 tokens (upper bound 204
 
 def _paper() -> Suite:
     return Suite(
-        name="paper", version=1, base=run_preset("paper"), algorithms=FIVE_ALGORITHMS, lrs=(2e-6,), seeds=(0,),
+        name="paper", version=2, base=run_preset("paper"), algorithms=FIVE_ALGORITHMS, lrs=(2e-6,), seeds=(0,),
         description="The paper's GSM8K run on Qwen3-0.6B with vLLM (GPU), for the five algorithms.",
         budget=PAPER_BUDGET, estimate=PAPER_ESTIMATE, needs_gpu=True,
     )
 
 
-SUITES = {"smoke": _smoke, "quick": _quick, "smollm2": _smollm2, "paper": _paper}
+# Version 2 of every suite (2026-12-01): plug-ins own their settings, so a config hash now covers only the
+# chosen algorithm's and task's settings and names a model folder by its content hash; version-1 runs
+# have other hashes and are not resumed into version-2 suites.
+SUITES: Registry = Registry("suite", "isopo_bench.suites")
+"""Suite factories by name; third-party packages add theirs through the `isopo_bench.suites` entry points."""
+for _name, _factory in {"smoke": _smoke, "quick": _quick, "smollm2": _smollm2, "paper": _paper}.items():
+    SUITES.register(_name)(_factory)
 
 
-def get_suite(name: str) -> Suite:
-    """A suite by name; `NAME@vN` is accepted and must match the current version."""
+def get_suite(name: str, algorithms: tuple[str, ...] = ()) -> Suite:
+    """A suite by name; `NAME@vN` is accepted and must match the current version. `algorithms` replaces
+    the suite's algorithm presets (e.g. to add a plug-in's method beside the built-ins)."""
     base, _, version = name.partition("@v")
-    if base not in SUITES:
-        raise UnknownNameError(f"unknown suite `{name}`. Known suites: {', '.join(SUITES)}")
-    suite = SUITES[base]()
+    suite = SUITES.get(base)()
+    if algorithms:
+        known = algorithm_presets()
+        unknown = [a for a in algorithms if a not in known]
+        if unknown:
+            raise UnknownNameError(f"unknown algorithm preset(s) {', '.join(unknown)}. Known: {', '.join(sorted(known))}")
+        suite = dataclasses.replace(suite, algorithms=tuple(algorithms))
     if version and version != str(suite.version):
         raise UnknownNameError(f"suite `{base}` is at version {suite.version}, not {version}; run `{suite.label}`")
     return suite

@@ -22,7 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from isopo_bench import metric_names as M
-from isopo_bench.algorithm_api import microbatch_backward
+from isopo_bench.algorithm_api import StepContext
 from isopo_bench.batch import BatchTotals, TrainBatch, pad_and_stack, sequence_logprobs
 from isopo_bench.checkpoint import export_model, load_checkpoint, save_checkpoint
 from isopo_bench.config import RunConfig
@@ -35,10 +35,12 @@ from isopo_bench.evaluation import evaluate
 from isopo_bench.models import encode_prompt, load_policy, load_tokenizer, model_source, resolve_device
 from isopo_bench.optim import build_optimizer
 from isopo_bench.parallel_run import RankContext, checksum_spread
+from isopo_bench.plugin_settings import resolved_run, run_algorithm_setup
 from isopo_bench.plugins import ADVANTAGES, ALGORITHMS, ENGINES, TASKS
 from isopo_bench.rollout.api import Rollout, SamplingSettings
 from isopo_bench.rollout.mismatch import mismatch_metrics
 from isopo_bench.run_store import RunStore, run_dir_for
+from isopo_bench.step_driver import MicrobatchWork, step_gradients
 from isopo_bench.step_metrics import UpdateMetrics, rollout_metrics
 from isopo_bench.timing import PhaseTimer
 
@@ -57,7 +59,7 @@ class RunResult:
 
 class Trainer:
     def __init__(self, cfg: RunConfig, resume: bool = False):
-        self.cfg = cfg.validate()
+        self.cfg = cfg = resolved_run(cfg.validate())  # the plug-ins' settings explicit from here on
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         self.ranks = RankContext.from_config(cfg)
@@ -71,11 +73,11 @@ class Trainer:
         self.model = load_policy(cfg.model, self.source, self.device)
         self.ref_model = self._reference_model()
         self.task = TASKS.get(cfg.task.name)(cfg.task, cfg.seed)
-        self.algorithm = ALGORITHMS.get(cfg.algorithm.name)(cfg)
+        self.algorithm = ALGORITHMS.get(cfg.algorithm.name)(run_algorithm_setup(cfg))
         self.advantage_fn = ADVANTAGES.get(cfg.algorithm.advantage)
         # Data parallel: wrap before the optimizer is built (FSDP2 replaces parameters). `self.model` stays
         # the plain module (hooks, checkpoints, engines); `self.forward_model` is what training batches run through.
-        self.dp = DataParallel.setup(self.model, self.algorithm, cfg.parallel.mode) if self.ranks.distributed else None
+        self.dp = DataParallel.setup(self.model, cfg.parallel.mode) if self.ranks.distributed else None
         self.forward_model = self.dp.forward_model if self.dp else self.model
         self.sharded = self.dp is not None and self.dp.mode == "fsdp2"
         self.engine = ENGINES.get(cfg.rollout.engine)(cfg, self.source, self.tokenizer, self.model)
@@ -247,11 +249,11 @@ class Trainer:
             out[rows, cols] = sequence_logprobs(model, mb.to(self.device)).to(out.dtype).cpu()
         return out
 
-    def _local_work(self, microbatches: list[TrainBatch]):
-        """(global microbatch index, microbatch on the device, sync context) of this rank."""
+    def _local_work(self, microbatches: list[TrainBatch]) -> list[MicrobatchWork]:
+        """This rank's microbatches of the step (all of them in one process), on the device."""
         if self.dp is not None:
             return self.dp.local_work(microbatches, self.device)
-        return [(g, mb.to(self.device), None) for g, mb in enumerate(microbatches)]
+        return [MicrobatchWork(g, mb.to(self.device)) for g, mb in enumerate(microbatches)]
 
     # ----------------------------------------------------------------------------------------------
     def _update(self, batch: TrainBatch, step: int) -> dict[str, float]:
@@ -260,24 +262,28 @@ class Trainer:
         max_len = self.cfg.algorithm.loss_agg_max_len or self.cfg.rollout.max_new_tokens
         sums = UpdateMetrics()
         first_pass_logp = []
+        steps_per_rollout = o.epochs * o.minibatches_per_step
+        reducer = self.dp.reducer if self.dp is not None else None
         for epoch in range(o.epochs):
             for m in range(o.minibatches_per_step):
                 minibatch = batch.select(slice(m * mini_size, (m + 1) * mini_size))
                 microbatches = all_microbatches(minibatch, o.microbatch_size)
-                totals = BatchTotals.of(minibatch, len(microbatches), max_len)
-                self.optimizer.zero_grad(set_to_none=True)
-                self.algorithm.begin_step(microbatches, totals)
+                # The optimizer step's index over the run: a pure function of the step, so resumes continue it.
+                index = (step - 1) * steps_per_rollout + epoch * o.minibatches_per_step + m
+                ctx = StepContext(index, microbatches, BatchTotals.of(minibatch, len(microbatches), max_len),
+                                  **({"reducer": reducer} if reducer else {}))
                 nonfinite_loss = []
-                for g, mb, sync in self._local_work(microbatches):
-                    out = microbatch_backward(self.algorithm, self.model, mb, totals, forward_model=self.forward_model,
-                                              global_index=g, sync_context=sync, with_entropy=True,
-                                              check_loss=lambda loss: self._check_loss(loss, step, nonfinite_loss))
+                result = step_gradients(self.algorithm, self.model, ctx, self._local_work(microbatches),
+                                        forward_model=self.forward_model, with_entropy=True,
+                                        check_loss=lambda loss: self._check_loss(loss, step, nonfinite_loss))
+                for out in result.microbatches:
+                    mask = out.mb.response_mask_BT
                     sums.add_sum(M.LOSS, out.loss)
-                    sums.add_weighted(M.ENTROPY, float((out.entropy_BT * mb.response_mask_BT).sum()), float(mb.response_mask_BT.sum()))
+                    sums.add_weighted(M.ENTROPY, float((out.entropy_BT * mask).sum()), float(mask.sum()))
                     sums.add_mean(out.metrics)
                     if epoch == 0 and m == 0:
-                        first_pass_logp.append((mb, out.logp_BT))
-                sums.add_mean(self.algorithm.finalize_grads(self.model))
+                        first_pass_logp.append((out.mb, out.logp_BT))
+                sums.add_mean(result.metrics)
                 sums.end_optimizer_step()
                 if self.ranks.any(bool(nonfinite_loss)):  # every rank stops together
                     raise NonFiniteError(self._nonfinite_message(step, "loss", nonfinite_loss[0] if nonfinite_loss else math.nan))
@@ -308,7 +314,7 @@ class Trainer:
 
     def _nonfinite_message(self, step: int, what: str, value: float) -> str:
         return (f"{what} is {value} at step {step}; the update was not applied, the run is marked FAILED and its last "
-                f"good checkpoint in {self.store.run_dir} is kept. Fix: lower --optim.lr (now {self.cfg.optim.lr}), "
+                f"good checkpoint in {self.run_dir} is kept. Fix: lower --optim.lr (now {self.cfg.optim.lr}), "
                 "keep --optim.grad-clip > 0, or use float32/bfloat16 instead of float16")
 
     def _mismatch(self, pairs) -> dict[str, float]:

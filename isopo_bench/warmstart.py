@@ -190,9 +190,10 @@ def sampled_accuracy(model, tokenizer, task, items, max_new_tokens: int, seed: i
 
 def main(argv: list[str] | None = None) -> int:
     """`isopo-bench warmstart [--flags]`: train (or find cached) and print the folder and its accuracy."""
-    import tyro
+    from isopo_bench.cli_config import parse_config
 
-    cfg = tyro.cli(WarmStartConfig, args=argv, prog="isopo-bench warmstart", description=__doc__.split("\n")[0])
+    cfg = parse_config(WarmStartConfig, WarmStartConfig(), argv, prog="isopo-bench warmstart",
+                       description=__doc__.split("\n")[0])
     folder = warm_start(cfg)
     report = json.loads((folder / "warmstart.json").read_text())
     print(

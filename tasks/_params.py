@@ -1,22 +1,22 @@
-"""Parsing and checking of `task.params` (key=value strings) shared by the built-in tasks."""
+"""Checks shared by the built-in tasks, and the key=value pass-through of reasoning-gym dataset fields."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from isopo_bench.config import TaskConfig, parse_key_values
+from isopo_bench.config import parse_key_values
 from isopo_bench.errors import ConfigError
 
-FIELD = "task.params"
+FIELD = "task.dataset_params"
 
 
-def parse_params(cfg: TaskConfig, defaults: dict[str, Any]) -> dict[str, Any]:
-    """Defaults overridden by cfg.params, converted to the defaults' types; unknown keys raise."""
-    given = parse_key_values(FIELD, cfg.params)
+def parse_params(items: tuple[str, ...], task_name: str, defaults: dict[str, Any]) -> dict[str, Any]:
+    """Defaults overridden by key=value `items`, converted to the defaults' types; unknown keys raise."""
+    given = parse_key_values(FIELD, items)
     unknown = sorted(set(given) - set(defaults))
     if unknown:
         raise ConfigError(
-            FIELD, f"task `{cfg.name}` has no setting {', '.join(unknown)}", f"known: {', '.join(sorted(defaults))}"
+            FIELD, f"task `{task_name}` has no setting {', '.join(unknown)}", f"known: {', '.join(sorted(defaults))}"
         )
     out = dict(defaults)
     for key, text in given.items():
@@ -39,4 +39,4 @@ def _convert(key: str, text: str, kind: type) -> Any:
 
 def check_range(key: str, value: float, low: float, high: float) -> None:
     if not low <= value <= high:
-        raise ConfigError(FIELD, f"{key}={value} is outside [{low}, {high}]", f"choose {key} in [{low}, {high}]")
+        raise ConfigError(f"task.{key}", f"{value} is outside [{low}, {high}]", f"choose a value in [{low}, {high}]")

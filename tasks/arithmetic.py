@@ -9,15 +9,18 @@ are disjoint by construction: a question belongs to the test partition when a ha
 1/8 slice, test items are drawn (by rejection) from that slice and train items from the rest. Test items
 ignore the run seed so that runs with different seeds are scored on the same questions.
 
-Params (task.params): num_terms=3, max_operand=99, min_operand=0, ops=+- (any of "+-*"), instruction=""
-(appended on a new line after the prompt when set), reward_extraction=strict|flexible (flexible: the last
-number counts, for pretrained models that answer in prose, e.g. SmolLM2-135M never writes "####").
+Settings (ArithmeticSettings, `--task.<field>`): num_terms, min/max_operand, ops, instruction,
+reward_extraction (flexible: the last number counts, for pretrained models that answer in prose, e.g.
+SmolLM2-135M never writes "####").
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import random
+from dataclasses import dataclass
+from typing import Literal
 
 from isopo_bench.answers import extract_flexible, score_flexible, score_strict
 from isopo_bench.config import TaskConfig
@@ -25,11 +28,25 @@ from isopo_bench.errors import ConfigError
 from isopo_bench.plugins import TASKS
 from isopo_bench.task_api import Split, Task, TaskItem
 
-from ._params import FIELD, check_range, parse_params
+from ._params import check_range
 
-DEFAULTS = {
-    "num_terms": 3, "max_operand": 99, "min_operand": 0, "ops": "+-", "instruction": "", "reward_extraction": "strict",
-}
+
+
+@dataclass(frozen=True)
+class ArithmeticSettings:
+    num_terms: int = 3
+    """Operands per question (2 to 20)."""
+    max_operand: int = 99
+    """Largest operand."""
+    min_operand: int = 0
+    """Smallest operand."""
+    ops: str = "+-"
+    """Operators drawn from (any non-empty subset of `+-*`)."""
+    instruction: str = ""
+    """Appended on a new line after the prompt when set."""
+    reward_extraction: Literal["strict", "flexible"] = "strict"
+    """`strict`: the number after the last "####"; `flexible`: the last number in the completion."""
+
 TEST_SLICE = 8
 MIN_QUESTIONS = 100  # fewer could leave the 1/8 test slice empty (P = (7/8)^100 ~ 2e-6 at 100)
 MAX_TRIES = 10_000
@@ -61,6 +78,7 @@ def solve(operands: list[int], ops: list[str]) -> tuple[list[str], int]:
 
 @TASKS.register("arithmetic")
 class Arithmetic(Task):
+    Settings = ArithmeticSettings
     scorer_version = "arithmetic-1"
 
     def __init__(self, cfg: TaskConfig, seed: int):
@@ -69,18 +87,18 @@ class Arithmetic(Task):
 
     @classmethod
     def parse(cls, cfg: TaskConfig) -> dict:
-        p = parse_params(cfg, DEFAULTS)
+        p = dataclasses.asdict(cfg.settings if cfg.settings is not None else ArithmeticSettings())
         check_range("num_terms", p["num_terms"], 2, 20)
         check_range("min_operand", p["min_operand"], 0, 10**6)
         check_range("max_operand", p["max_operand"], p["min_operand"], 10**6)
         if not p["ops"] or set(p["ops"]) - set("+-*"):
-            raise ConfigError(FIELD, f"ops={p['ops']!r} must be a non-empty subset of +-*", "e.g. ops=+- or ops=+-*")
+            raise ConfigError("task.ops", f"{p['ops']!r} must be a non-empty subset of +-*", "e.g. --task.ops +- or +-*")
         if p["reward_extraction"] not in ("strict", "flexible"):
-            raise ConfigError(FIELD, f"reward_extraction={p['reward_extraction']}", "use strict or flexible")
+            raise ConfigError("task.reward_extraction", f"`{p['reward_extraction']}`", "use strict or flexible")
         span = p["max_operand"] - p["min_operand"] + 1
         if span ** p["num_terms"] * len(set(p["ops"])) ** (p["num_terms"] - 1) < MIN_QUESTIONS:
             raise ConfigError(
-                FIELD, f"fewer than {MIN_QUESTIONS} distinct questions", "raise max_operand or num_terms"
+                "task.max_operand", f"fewer than {MIN_QUESTIONS} distinct questions", "raise max_operand or num_terms"
             )
         return p
 

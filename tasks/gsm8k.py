@@ -2,7 +2,7 @@
 
 Prompt: the question + " " + the suffix of verl's examples/data_preprocess/gsm8k.py, which the paper's run
 (nilin/isopo run/run.sh) uses. Reward: verl's GSM8K rule, strict by default (the number after the last
-"####"); `reward_extraction=flexible` scores the last number instead. Both are logged as details.
+"####"); `--task.reward-extraction flexible` scores the last number instead. Both are logged as details.
 
 Data, first found wins: TaskConfig.data_dir, the env var ISOPO_BENCH_GSM8K_DIR (a folder holding
 train.jsonl and test.jsonl, as in openai/grade-school-math), else the Hugging Face dataset "openai/gsm8k"
@@ -12,11 +12,14 @@ a seeded permutation; evaluation uses the first `eval_items` test rows in file o
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from isopo_bench.answers import normalize_number, score_flexible, score_strict
 from isopo_bench.config import TaskConfig
@@ -24,12 +27,17 @@ from isopo_bench.errors import ConfigError, DataError
 from isopo_bench.plugins import TASKS
 from isopo_bench.task_api import Split, Task, TaskItem
 
-from ._params import FIELD, parse_params
 
 INSTRUCTION = 'Let\'s think step by step and output the final answer after "####".'
 ENV_VAR = "ISOPO_BENCH_GSM8K_DIR"
 HUB_ID, HUB_CONFIG = "openai/gsm8k", "main"
-DEFAULTS = {"reward_extraction": "strict"}
+
+
+@dataclass(frozen=True)
+class Gsm8kSettings:
+    reward_extraction: Literal["strict", "flexible"] = "strict"
+    """`strict`: the number after the last "####" (the paper's reward); `flexible`: the last number."""
+
 _GOLD_RE = re.compile(r"####[ \t]{0,8}([^\n]{1,64})[ \t]*$")
 # Calculator annotations "<<48/2=24>>" are a dataset artefact; the worked solution for SFT drops them.
 _CALC_RE = re.compile(r"<<[^<>\n]{0,200}>>")
@@ -92,6 +100,7 @@ def load_split(cfg: TaskConfig, split: Split) -> tuple[TaskItem, ...]:
 
 @TASKS.register("gsm8k")
 class Gsm8k(Task):
+    Settings = Gsm8kSettings
     scorer_version = "gsm8k-1"
 
     def __init__(self, cfg: TaskConfig, seed: int):
@@ -101,9 +110,9 @@ class Gsm8k(Task):
 
     @classmethod
     def parse(cls, cfg: TaskConfig) -> dict:
-        p = parse_params(cfg, DEFAULTS)
+        p = dataclasses.asdict(cfg.settings if cfg.settings is not None else Gsm8kSettings())
         if p["reward_extraction"] not in ("strict", "flexible"):
-            raise ConfigError(FIELD, f"reward_extraction={p['reward_extraction']}", "use strict or flexible")
+            raise ConfigError("task.reward_extraction", f"`{p['reward_extraction']}`", "use strict or flexible")
         return p
 
     @classmethod

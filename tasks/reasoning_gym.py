@@ -7,7 +7,7 @@ gsm_symbolic), applied to the answer extracted from the completion:
 - `answer_format=tags`: the text inside the last <answer>...</answer>, reasoning_gym's own convention.
 The extracted answer is capped at 1000 characters, so the reasoning_gym scorers see bounded input.
 
-Difficulty: any field of the dataset's reasoning_gym config passes through task.params (e.g.
+Difficulty: any field of the dataset's reasoning_gym config passes through `--task.dataset-params` (e.g.
 `max_terms=3 max_digits=2` for chain_sum; sequences such as `operators=+-*` are written as characters).
 basic_arithmetic excludes "/" by default and refuses it: reasoning_gym computes its answer with floor
 division while the question shows "/", so the gold answer can disagree with the question.
@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+from dataclasses import dataclass
+from typing import Literal
 
 from isopo_bench.config import TaskConfig
 from isopo_bench.errors import ConfigError
@@ -85,7 +87,16 @@ def _convert_sequence(default, value):
     return value
 
 
+@dataclass(frozen=True)
+class ReasoningGymSettings:
+    answer_format: Literal["hash", "tags"] = "hash"
+    """`hash`: the rest of the line after the last "####"; `tags`: inside the last <answer></answer>."""
+    dataset_params: tuple[str, ...] = ()
+    """Fields of the reasoning_gym dataset's own config as key=value (e.g. `max_terms=3`); checked against it."""
+
+
 class ReasoningGymTask(Task):
+    Settings = ReasoningGymSettings
     rg_name: str = ""
     scorer_version = "rg-1"
 
@@ -104,10 +115,11 @@ class ReasoningGymTask(Task):
         defaults = {f.name: _field_default(f) for f in dataclasses.fields(config_cls) if f.name not in ("seed", "size")}
         defaults |= OVERRIDES.get(cls.rg_name, {})
         as_text = {k: ("".join(v) if isinstance(v, (tuple, list)) else v) for k, v in defaults.items()}
-        p = parse_params(cfg, as_text | {"answer_format": "hash"})
-        answer_format = p.pop("answer_format")
+        settings = cfg.settings if cfg.settings is not None else ReasoningGymSettings()
+        p = parse_params(settings.dataset_params, cfg.name, as_text)
+        answer_format = settings.answer_format
         if answer_format not in SUFFIXES:
-            raise ConfigError(FIELD, f"answer_format={answer_format}", "use hash or tags")
+            raise ConfigError("task.answer_format", f"`{answer_format}`", "use hash or tags")
         kwargs = {k: _convert_sequence(defaults[k], v) for k, v in p.items()}
         if cls.rg_name == "basic_arithmetic" and "/" in kwargs["operators"]:
             raise ConfigError(FIELD, "basic_arithmetic with `/` has floor-division answers", "use operators=+-*")

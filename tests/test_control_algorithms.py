@@ -11,16 +11,20 @@ import pytest
 import torch
 
 from conftest import fresh_mlflow_uri
+from isopo_bench.algorithm_api import Algorithm, StepContext
 from isopo_bench.batch import BatchTotals
-from isopo_bench.config import AlgorithmConfig, IsopoConfig, NpgConfig, OptimConfig, RunConfig, TaskConfig, TrackingConfig
+from isopo_bench.capabilities import check_pairing
+from isopo_bench.config import AlgorithmConfig, OptimConfig, RunConfig, TaskConfig, TrackingConfig
 from isopo_bench.control.config import ControlConfig, ControlRunConfig, check_gradient_signal
 from isopo_bench.control.pathwise import Bptt, Rpo
 from isopo_bench.control.policy import GaussianMLP, gaussian_logp
-from isopo_bench.control.registry import CONTROL_TASKS
+from isopo_bench.control.registry import CONTROL_ALGORITHMS, CONTROL_TASKS
 from isopo_bench.control.rollout import generator_for, rollout, sample_start
 from isopo_bench.control.score import trajectory_batch, trajectory_logp
 from isopo_bench.errors import ConfigError
-from isopo_bench.plugins import ALGORITHMS
+from isopo_bench.plugin_settings import algorithm_config, build_algorithm
+from isopo_bench.plugins import TASKS
+from isopo_bench.step_driver import step_gradients
 
 F64 = torch.float64
 
@@ -82,7 +86,7 @@ def explicit_reinforce(policy, traj, adv_B):
 
 
 def adapter_grads(policy, traj, adv_B, algo_cfg: AlgorithmConfig, microbatch=4):
-    algo = ALGORITHMS.get(algo_cfg.name)(RunConfig(algorithm=algo_cfg))
+    algo = build_algorithm(algo_cfg, track="control")
     batch = trajectory_batch(traj, adv_B)
     mbs = [batch.select(slice(i, i + microbatch)) for i in range(0, batch.size, microbatch)]
     totals = BatchTotals.of(batch, len(mbs), batch.input_ids_BT.shape[1])
@@ -90,21 +94,16 @@ def adapter_grads(policy, traj, adv_B, algo_cfg: AlgorithmConfig, microbatch=4):
         with torch.no_grad():
             batch.old_logp_BT = trajectory_logp(policy, traj, batch)
         mbs = [batch.select(slice(i, i + microbatch)) for i in range(0, batch.size, microbatch)]
-    policy.zero_grad(set_to_none=True)
-    for mb in mbs:
-        with algo.backward_context(policy, mb, totals):
-            loss, _ = algo.loss(trajectory_logp(policy, traj, mb), mb, totals)
-            loss.backward()
-    algo.finalize_grads(policy)
+    step_gradients(algo, policy, StepContext(0, mbs, totals, logprobs=lambda p, mb: trajectory_logp(p, traj, mb)))
     return torch.cat([p.grad.flatten() for p in policy.parameters()])
 
 
 ON_TRAJECTORIES = {
-    "reinforce": AlgorithmConfig(name="reinforce"),
-    "grpo": AlgorithmConfig(name="grpo"),  # on-policy, clipping inactive
-    "isopo-p0": AlgorithmConfig(name="isopo", isopo=IsopoConfig(q=0.0)),
-    "isopo-interacting-huge": AlgorithmConfig(name="isopo-interacting", isopo=IsopoConfig(damping=1e9)),
-    "npg-huge": AlgorithmConfig(name="npg_rank1", npg=NpgConfig("one", 1e9)),
+    "reinforce": algorithm_config("reinforce"),
+    "grpo": algorithm_config("grpo"),  # on-policy, clipping inactive
+    "isopo-p0": algorithm_config("isopo", q=0.0),
+    "isopo-interacting-huge": algorithm_config("isopo-interacting", damping=1e9),
+    "npg-huge": algorithm_config("npg_rank1", fisher="one", damping=1e9),
 }
 
 
@@ -123,7 +122,7 @@ def test_npg_on_trajectories_changes_only_the_linear_weights():
     traj = rollout(task, policy, *start, differentiable=False)
     adv_B = torch.linspace(-1.0, 1.2, 8, dtype=F64)
     expected = explicit_reinforce(policy, traj, adv_B)
-    actual = adapter_grads(policy, traj, adv_B, AlgorithmConfig(name="npg_rank1", npg=NpgConfig("all", 0.1)))
+    actual = adapter_grads(policy, traj, adv_B, algorithm_config("npg_rank1", fisher="all", damping=0.1))
     n_log_std = policy.log_std.weight.numel()  # the last parameter: REINFORCE's gradient by the embedding rule
     assert torch.allclose(actual[-n_log_std:], expected[-n_log_std:], rtol=1e-10, atol=0)
     assert float((actual - expected).norm() / expected.norm()) > 1e-2
@@ -132,11 +131,24 @@ def test_npg_on_trajectories_changes_only_the_linear_weights():
 @pytest.mark.parametrize("task", ["arithmetic", "gsm8k"])
 @pytest.mark.parametrize("algo", ["rpo", "bptt"])
 def test_pathwise_on_text_tasks_fails_at_config_time(algo, task):
-    with pytest.raises(ConfigError, match="needs pathwise gradients") as err:
+    # The text trainer's registry does not hold the control track's methods; the error says where they run.
+    with pytest.raises(ConfigError, match="control-train") as err:
         RunConfig(task=TaskConfig(name=task), algorithm=AlgorithmConfig(name=algo)).validate()
     assert err.value.field == "algorithm.name"
     check_gradient_signal("reinforce", "point-mass")  # score-function methods run on control tasks
     check_gradient_signal(algo, "pendulum")
+    # The capability check itself reads the plug-ins' declarations only (no track import).
+    with pytest.raises(ConfigError, match="needs pathwise gradients") as err:
+        check_pairing(CONTROL_ALGORITHMS.get(algo), algo, TASKS.get(task), task, track="text")
+    assert err.value.field == "algorithm.name"
+
+
+def test_an_algorithm_that_declares_text_only_is_refused_on_the_control_track():
+    class TextOnly(Algorithm):
+        tracks = ("text",)
+
+    with pytest.raises(ConfigError, match="does not run on the control track"):
+        check_pairing(TextOnly, "text-only", CONTROL_TASKS.get("point-mass"), "point-mass", track="control")
 
 
 def test_trainer_logs_a_run_the_leaderboard_reads(tmp_path):

@@ -9,16 +9,17 @@ import torch
 
 from isopo_bench.aggregation import MODES
 from isopo_bench.batch import BatchTotals, TrainBatch
-from isopo_bench.config import AlgorithmConfig, RunConfig
+from isopo_bench.config import RunConfig
 from isopo_bench.errors import ConfigError
 from isopo_bench.kl import kl_k3
+from isopo_bench.plugin_settings import algorithm_config, build_algorithm, run_algorithm_setup
 from isopo_bench.plugins import ALGORITHMS
 
 F64 = torch.float64
 
 
 def make_algo(name, **fields):
-    return ALGORITHMS.get(name)(RunConfig(algorithm=AlgorithmConfig(name=name, **fields)))
+    return build_algorithm(algorithm_config(name, **fields))
 
 
 # ---------------------------------------------------------------- 2x3 toy batch, hand-computed values
@@ -97,7 +98,8 @@ def test_grpo_toy(mode):
 
 @pytest.mark.parametrize("mode", MODES)
 def test_cispo_toy_and_no_gradient_through_weight(mode):
-    loss, grad_BT, metrics = run_toy(make_algo("cispo", loss_agg=mode), *toy_batch())
+    # The hand values clip the weight on both sides (eps_low 0.2; the default 10 leaves it unbounded below).
+    loss, grad_BT, metrics = run_toy(make_algo("cispo", loss_agg=mode, clip_eps_low=0.2), *toy_batch())
     assert loss == pytest.approx(weighted(CISPO_LOSS, mode), abs=1e-12)
     # Had the weight been differentiated, dl/dlogp would gain -A * logp * dw/dlogp on unclipped tokens.
     assert_grad(grad_BT, weighted_grad(CISPO_DLOSS, mode))
@@ -183,9 +185,9 @@ def test_kl_coef_zero_skips_the_penalty(name):
     ],
 )
 def test_validate_names_field_and_fix(name, field, value):
-    cfg = RunConfig(algorithm=AlgorithmConfig(name=name, **{field: value}))
+    cfg = RunConfig(algorithm=algorithm_config(name, **{field: value}))
     with pytest.raises(ConfigError) as err:
-        ALGORITHMS.get(name).validate(cfg)
+        ALGORITHMS.get(name).validate(run_algorithm_setup(cfg))
     assert err.value.field == f"algorithm.{field}"
     assert "Fix: " in str(err.value)
 
@@ -193,5 +195,5 @@ def test_validate_names_field_and_fix(name, field, value):
 @pytest.mark.parametrize("name", ["grpo", "cispo", "gspo"])
 def test_defaults_validate_and_need_old_logp(name):
     cls = ALGORITHMS.get(name)
-    assert cls.validate(RunConfig(algorithm=AlgorithmConfig(name=name))) is None
+    assert cls.validate(run_algorithm_setup(RunConfig(algorithm=algorithm_config(name)))) is None
     assert cls.needs_old_logp is True

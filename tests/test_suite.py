@@ -19,10 +19,11 @@ from mlflow.tracking import MlflowClient
 
 from isopo_bench import leaderboard as lb
 from isopo_bench import metric_names as M
-from isopo_bench.config import AlgorithmConfig, replace
+from isopo_bench.config import replace
 from isopo_bench.errors import UnknownNameError
 from isopo_bench.plugins import ADVANTAGES
-from isopo_bench.presets import ALGORITHM_PRESETS
+from isopo_bench.algorithm_api import AlgorithmPreset
+from isopo_bench.algorithms.reinforce import Reinforce
 from isopo_bench.suite import SuiteOptions, main, print_report, run_suite
 from isopo_bench.suites import compute_estimate, evaluations_per_run, get_suite
 
@@ -82,7 +83,9 @@ def seeded_noise(rewards_PG: torch.Tensor) -> torch.Tensor:
 def test_failed_run_is_recorded_counted_and_not_redone(workdir, capsys, monkeypatch):
     if "suite-test-noise" not in ADVANTAGES.names():
         ADVANTAGES.register("suite-test-noise")(seeded_noise)
-    monkeypatch.setitem(ALGORITHM_PRESETS, "reinforce-noise", AlgorithmConfig(name="reinforce", advantage="suite-test-noise"))
+    # A preset declared by the plug-in class, exactly where a plug-in declares its own.
+    presets = dict(Reinforce.presets, **{"reinforce-noise": AlgorithmPreset(advantage="suite-test-noise")})
+    monkeypatch.setattr(Reinforce, "presets", presets)
     smoke = get_suite("smoke")
     suite = dataclasses.replace(smoke, name="smoke-fail", algorithms=("reinforce-noise",), seeds=(0,), lrs=(1e-3, 1e30),
                                 base=replace(smoke.base, **{"optim.grad_clip": 0.0, "optim.steps": 2}))

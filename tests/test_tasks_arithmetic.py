@@ -5,11 +5,13 @@ import pytest
 from isopo_bench.config import TaskConfig
 from isopo_bench.errors import ConfigError
 from isopo_bench.plugins import TASKS
-from isopo_bench.tasks.arithmetic import question_is_test, solve
+from isopo_bench.tasks.arithmetic import ArithmeticSettings, question_is_test, solve
 
 
 def make(params=(), seed=0):
-    return TASKS.get("arithmetic")(TaskConfig(name="arithmetic", params=params), seed)
+    """`params` as key=value strings (the typed settings' fields) keep the cases readable."""
+    settings = ArithmeticSettings(**{k: type(getattr(ArithmeticSettings(), k))(v) for k, v in (p.split("=", 1) for p in params)})
+    return TASKS.get("arithmetic")(TaskConfig(name="arithmetic", settings=settings), seed)
 
 
 def test_items_are_a_pure_function_of_seed_split_index():
@@ -78,10 +80,11 @@ def test_prompt_and_instruction():
 
 
 @pytest.mark.parametrize(
-    "params",
-    [("ops=/",), ("num_terms=1",), ("num_terms=x",), ("foo=1",), ("num_terms=2", "max_operand=5"), ("ops",),
-     ("reward_extraction=lenient",)],
+    "fields, field_name",
+    [({"ops": "/"}, "task.ops"), ({"ops": ""}, "task.ops"), ({"num_terms": 1}, "task.num_terms"),
+     ({"num_terms": 2, "max_operand": 5}, "task.max_operand"), ({"min_operand": 50, "max_operand": 9}, "task.max_operand"),
+     ({"reward_extraction": "lenient"}, "task.reward_extraction")],
 )
-def test_invalid_params_raise_config_error(params):
-    with pytest.raises(ConfigError, match="task.params"):
-        TASKS.get("arithmetic").validate(TaskConfig(name="arithmetic", params=params))
+def test_invalid_settings_raise_config_error(fields, field_name):
+    with pytest.raises(ConfigError, match=field_name.replace(".", r"\.")):
+        TASKS.get("arithmetic").validate(TaskConfig(name="arithmetic", settings=ArithmeticSettings(**fields)))

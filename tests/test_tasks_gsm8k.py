@@ -11,6 +11,7 @@ import pytest
 from isopo_bench.config import TaskConfig
 from isopo_bench.errors import ConfigError, DataError
 from isopo_bench.plugins import TASKS
+from isopo_bench.tasks.gsm8k import Gsm8kSettings
 
 SHARED = Path(os.environ.get("ISOPO_BENCH_GSM8K_DIR") or Path(__file__).resolve().parents[2] / "shared/data/gsm8k")
 needs_data = pytest.mark.skipif(not (SHARED / "test.jsonl").exists(), reason="shared GSM8K files not present")
@@ -18,7 +19,8 @@ ROW = {"question": "Tom has 3 apples and buys 4. How many?", "answer": "3+4=<<3+
 
 
 def make(data_dir, params=(), seed=0):
-    cfg = TaskConfig(name="gsm8k", params=params, data_dir=str(data_dir))
+    fields = dict(p.split("=", 1) for p in params)
+    cfg = TaskConfig(name="gsm8k", settings=Gsm8kSettings(**fields), data_dir=str(data_dir))
     TASKS.get("gsm8k").validate(cfg)
     return TASKS.get("gsm8k")(cfg, seed)
 
@@ -95,7 +97,7 @@ def test_env_var_and_missing_folder(tmp_path, monkeypatch):
     assert make("").item("test", 0).answer == "7"
     with pytest.raises(ConfigError, match="task.data_dir"):
         make(tmp_path / "nowhere")
-    with pytest.raises(ConfigError, match="reward_extraction"):
+    with pytest.raises(ConfigError, match=r"task\.reward_extraction"):
         make(folder, ("reward_extraction=lenient",))
 
 

@@ -5,6 +5,7 @@ import pytest
 from isopo_bench.config import TaskConfig
 from isopo_bench.errors import ConfigError
 from isopo_bench.plugins import TASKS
+from isopo_bench.tasks.reasoning_gym import ReasoningGymSettings
 
 pytest.importorskip("reasoning_gym")
 from isopo_bench.tasks.reasoning_gym import NAMES, extract_answer  # noqa: E402
@@ -20,7 +21,11 @@ CONFIGS = [
 
 
 def make(name, params=(), seed=0):
-    cfg = TaskConfig(name=name, params=params)
+    """`params`: key=value strings; answer_format is the task's own setting, the rest pass to reasoning_gym."""
+    fmt = [p.split("=", 1)[1] for p in params if p.startswith("answer_format=")]
+    rest = tuple(p for p in params if not p.startswith("answer_format="))
+    settings = ReasoningGymSettings(dataset_params=rest, **({"answer_format": fmt[0]} if fmt else {}))
+    cfg = TaskConfig(name=name, settings=settings)
     TASKS.get(name).validate(cfg)
     return TASKS.get(name)(cfg, seed)
 

@@ -6,12 +6,13 @@ import pytest
 import torch
 
 from isopo_bench import warmstart
+from isopo_bench.tasks.arithmetic import ArithmeticSettings
 from isopo_bench.config import ModelConfig, RunConfig, TaskConfig
 from isopo_bench.models import build_char_tokenizer, encode_prompt
 from isopo_bench.warmstart import WarmStartConfig, from_run_config, sft_batch, warm_start
 
 SMALL_MODEL = ModelConfig(tiny_hidden_size=64, tiny_layers=2, tiny_heads=2, tiny_kv_heads=1, tiny_intermediate_size=128)
-EASY_TASK = TaskConfig(params=("num_terms=2", "max_operand=9", "ops=+"))
+EASY_TASK = TaskConfig(settings=ArithmeticSettings(num_terms=2, max_operand=9, ops="+"))
 
 
 def small_config(**changes) -> WarmStartConfig:

@@ -8,11 +8,10 @@ import json
 
 
 def train_main(argv: list[str]) -> int:
-    import tyro
-
     from isopo_bench import metric_names as M
+    from isopo_bench.cli_config import parse_config
     from isopo_bench.control.config import ControlRunConfig
-    from isopo_bench.control.registry import algorithm_class, known_algorithms
+    from isopo_bench.control.registry import TRACK_ALGORITHMS, algorithm_class, known_algorithms
     from isopo_bench.control.trainer import train_control, validate_control_config
     from isopo_bench.errors import ConfigError
 
@@ -22,8 +21,8 @@ def train_main(argv: list[str]) -> int:
     description = ("One control-track run (point-mass or pendulum; pathwise bptt / rpo or any score-function "
                    "algorithm), logged to MLflow. Extra flag: --dry-run (validate and print the config). "
                    "optim.steps counts iterations, optim.epochs passes over each rollout batch (RPO: 5).")
-    cfg = tyro.cli(ControlRunConfig, default=ControlRunConfig(), args=rest, prog="isopo-bench control-train",
-                   description=description)
+    cfg = parse_config(ControlRunConfig, ControlRunConfig(), rest, registries={"algorithm": TRACK_ALGORITHMS},
+                       prog="isopo-bench control-train", description=description)
     # Validated before anything is tracked: an unknown env / algorithm or an impossible pairing is a
     # ConfigError, which the `isopo-bench` entry point prints without a traceback. The trainer's own
     # unknown-algorithm message does not list the names, so they are listed here first.

@@ -7,7 +7,7 @@ import dataclasses
 from dataclasses import dataclass, field
 
 from isopo_bench.config import AlgorithmConfig, OptimConfig, TrackingConfig, experiment_hash
-from isopo_bench.errors import ConfigError
+from isopo_bench.capabilities import check_pairing
 
 
 @dataclass(frozen=True)
@@ -53,27 +53,22 @@ class ControlRunConfig:
     """torch CPU threads; 0 = torch's default."""
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """Every setting; a score-function algorithm's own settings made explicit."""
+        from isopo_bench.plugin_settings import resolved
+        from isopo_bench.plugins import ALGORITHMS
+
+        algorithm = resolved(self.algorithm) if self.algorithm.name in ALGORITHMS else self.algorithm
+        return dataclasses.asdict(dataclasses.replace(self, algorithm=algorithm))
 
     def config_hash(self) -> str:
         return experiment_hash(self.to_dict())
 
 
 def check_gradient_signal(algorithm: str, task: str) -> None:
-    """ConfigError when the algorithm needs a gradient signal the task cannot provide (e.g. RPO, which
-    differentiates the return through the dynamics, on a text task whose verifier has no derivative).
-    Algorithms declare `gradient_signal`; tasks declare `gradient_signals` (default: score-function only)."""
+    """The shared capability check (isopo_bench.capabilities) on the control track's registries."""
     from isopo_bench.control.registry import algorithm_class, task_class
 
     algo_cls, task_cls = algorithm_class(algorithm), task_class(task)
     if algo_cls is None or task_cls is None:
         return  # unknown names are reported by the registry lookups, with the known names
-    needs = getattr(algo_cls, "gradient_signal", "score-function")
-    provides = tuple(getattr(task_cls, "gradient_signals", ("score-function",)))
-    if needs not in provides:
-        raise ConfigError(
-            "algorithm.name",
-            f"`{algorithm}` needs {needs} gradients, but task `{task}` provides only {', '.join(provides)}",
-            f"pair `{algorithm}` with a control task (isopo_bench.control: point-mass, pendulum), or pick a "
-            "score-function algorithm (reinforce, grpo, isopo, npg_rank1, ...)",
-        )
+    check_pairing(algo_cls, algorithm, task_cls, task, track="control")

@@ -35,3 +35,21 @@ def known_algorithms() -> list[str]:
 
     return sorted(set(CONTROL_ALGORITHMS.names()) | set(ALGORITHMS.names()))
 
+
+
+class TrackAlgorithms:
+    """Registry view of every algorithm the control track knows: its pathwise ones, then the project's."""
+
+    def get(self, name: str):
+        from isopo_bench.plugins import ALGORITHMS
+
+        return CONTROL_ALGORITHMS.get(name) if name in CONTROL_ALGORITHMS else ALGORITHMS.get(name)
+
+    def names(self) -> list[str]:
+        return known_algorithms()
+
+    def __contains__(self, name: str) -> bool:
+        return algorithm_class(name) is not None
+
+
+TRACK_ALGORITHMS = TrackAlgorithms()

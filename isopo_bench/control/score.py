@@ -13,10 +13,14 @@ from __future__ import annotations
 
 import torch
 
+from isopo_bench.algorithm_api import StepContext
 from isopo_bench.batch import BatchTotals, TrainBatch
 from isopo_bench.control.policy import gaussian_logp
 from isopo_bench.control.rollout import Trajectories, rollout
+from isopo_bench.plugin_settings import algorithm_setup
 from isopo_bench.plugins import ADVANTAGES
+from isopo_bench.step_driver import step_gradients
+from isopo_bench.step_metrics import UpdateMetrics
 
 
 def trajectory_batch(traj: Trajectories, advantages_B: torch.Tensor) -> TrainBatch:
@@ -37,7 +41,8 @@ class ScoreFunctionAdapter:
 
     def __init__(self, cfg, algo_cls):
         self.cfg = cfg
-        self.algo = algo_cls(cfg)
+        self.algo = algo_cls(algorithm_setup(cfg.algorithm, seed=cfg.seed, track="control"))
+        self.optimizer_steps = 0
         self.advantage_fn = ADVANTAGES.get(cfg.algorithm.advantage)
 
     def iteration(self, ctx) -> tuple[Trajectories, dict[str, float]]:
@@ -49,14 +54,14 @@ class ScoreFunctionAdapter:
         size = self.cfg.optim.microbatch_size
         mbs = [batch.select(slice(i, i + size)) for i in range(0, batch.size, size)]
         totals = BatchTotals.of(batch, len(mbs), batch.input_ids_BT.shape[1])
-        metrics: dict[str, float] = {}
+        sums = UpdateMetrics()
         for _ in range(self.cfg.optim.epochs):
-            ctx.optimizer.zero_grad(set_to_none=True)
-            for mb in mbs:
-                with self.algo.backward_context(ctx.policy, mb, totals):
-                    loss, m = self.algo.loss(trajectory_logp(ctx.policy, traj, mb), mb, totals)
-                    loss.backward()
-                metrics |= m
-            metrics |= self.algo.finalize_grads(ctx.policy)
-            metrics |= ctx.apply_step()
-        return traj, metrics
+            step = StepContext(self.optimizer_steps, mbs, totals, logprobs=lambda policy, mb: trajectory_logp(policy, traj, mb))
+            result = step_gradients(self.algo, ctx.policy, step)
+            for out in result.microbatches:
+                sums.add_mean(out.metrics)
+            sums.add_mean(result.metrics)
+            sums.add_mean(ctx.apply_step())
+            sums.end_optimizer_step()
+            self.optimizer_steps += 1
+        return traj, sums.result()

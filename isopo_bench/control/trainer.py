@@ -25,6 +25,7 @@ from isopo_bench.control.rollout import generator_for, rollout, sample_start
 from isopo_bench.control.score import ScoreFunctionAdapter
 from isopo_bench.errors import ConfigError, NonFiniteError
 from isopo_bench.optim import build_optimizer
+from isopo_bench.plugin_settings import algorithm_setup
 from isopo_bench.run_store import machine_description
 from isopo_bench.tracking import RunTracker, check_reachable, flatten, git_commit, resolve_uri
 
@@ -77,7 +78,10 @@ def validate_control_config(cfg: ControlRunConfig) -> None:
         raise ConfigError("control.horizon/band_low/band_high", "out of range", "horizon >= 0, 0 < band_low <= 1, band_high > 0")
     if c.num_envs % cfg.optim.microbatch_size:
         raise ConfigError("optim.microbatch_size", f"must divide control.num_envs = {c.num_envs}", "e.g. 8 for 64 envs")
-    algorithm_class(cfg.algorithm.name).validate(cfg)
+    if cfg.algorithm.name in CONTROL_ALGORITHMS:
+        CONTROL_ALGORITHMS.get(cfg.algorithm.name).validate(cfg)
+    else:  # a score-function plug-in: its own settings, the narrow setup it is built from
+        algorithm_class(cfg.algorithm.name).validate(algorithm_setup(cfg.algorithm, seed=cfg.seed, track="control"))
 
 
 def make_algorithm(cfg: ControlRunConfig):

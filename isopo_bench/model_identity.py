@@ -1,0 +1,41 @@
+"""A model folder named by what it holds, not where it lies: the content hash that enters the config hash
+for `model.init_from` and local `model.name_or_path`, so one run in two checkouts (or on two cluster nodes
+sharing a store) has one identity."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+from pathlib import Path
+
+# The files that decide what a model computes; tokenizer files count too (they decide the token ids).
+_CONTENT_SUFFIXES = (".safetensors", ".bin", ".json", ".model", ".txt", ".gguf")
+_CHUNK = 1 << 20
+
+
+def is_local_folder(name: str) -> bool:
+    return name.startswith((".", "/", "~")) or os.path.isdir(name)
+
+
+def model_identity(name: str) -> str:
+    """`content:<sha256 prefix>` for a local model folder; the name itself for a hub id (or a missing
+    folder, which validation reports)."""
+    path = Path(name).expanduser()
+    if not (is_local_folder(name) and path.is_dir()):
+        return name
+    files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix in _CONTENT_SUFFIXES)
+    stamp = tuple((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files)
+    return _folder_digest(str(path.resolve()), stamp)
+
+
+@functools.lru_cache(maxsize=64)
+def _folder_digest(folder: str, stamp: tuple) -> str:
+    # `stamp` (names, sizes, mtimes) is the cache key: a rewritten file is hashed again.
+    digest = hashlib.sha256()
+    for name, _, _ in stamp:
+        digest.update(name.encode() + b"\0")
+        with open(os.path.join(folder, name), "rb") as f:
+            while block := f.read(_CHUNK):
+                digest.update(block)
+    return f"content:{digest.hexdigest()[:16]}"
