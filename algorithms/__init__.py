@@ -1,8 +1,10 @@
 """Built-in algorithms, one module each; importing this package registers them all.
 
 Installed as `isopo_bench.algorithms` (see pyproject.toml). To add an algorithm, drop a module here that
-subclasses `isopo_bench.algorithm_api.Algorithm` and decorates it with `@ALGORITHMS.register("name")`,
-then add its import below; third-party packages use the `isopo_bench.algorithms` entry-point group.
+subclasses `isopo_bench.algorithm_api.Algorithm` (with its `Settings` and `presets`) and decorates it with
+`@ALGORITHMS.register("name")`: the modules below are discovered, nothing else is edited. Modules whose
+name starts with `_` are private helpers and are not imported. Third-party packages use the
+`isopo_bench.algorithms` entry-point group.
 """
 
 import importlib

@@ -170,7 +170,7 @@ PAPER_ESTIMATE = Estimate(
     generate_tokens_per_s=10_000, train_flops_per_s=150e12,
 )
 PAPER_BUDGET = """\
-The paper's GSM8K run (ALGORITHMS.md section 6): Qwen3-0.6B, 102 steps of 128 prompts x 8 samples,
+The paper's GSM8K run (docs/algorithms.md#reference-setup): Qwen3-0.6B, 102 steps of 128 prompts x 8 samples,
 2 minibatches, lr 2e-6, evaluation of all 1319 test items every 5 steps. One seed, one learning rate per
 algorithm, as in the paper. Assumptions (stated, not measured): vLLM in eager mode colocated at 40% GPU
 memory generates ~10k tokens/s on an H100; training with gradient checkpointing costs 8N FLOPs per token

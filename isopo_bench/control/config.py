@@ -29,7 +29,7 @@ class ControlConfig:
     band_low: float = 0.8
     """RPO: the band mask keeps steps with 1 - band_low <= rho_t <= 1 + band_high."""
     band_high: float = 1.0
-    """RPO: upper side of the band mask (unverified in the paper; see SEED_METHODS.md)."""
+    """RPO: upper side of the band mask (unverified in the paper; see docs/seed_methods.md#rpo-differentiable-control)."""
     eval_envs: int = 64
     """Trajectories of the final evaluation (sampled actions, a fixed evaluation seed)."""
 
@@ -44,7 +44,7 @@ class ControlRunConfig:
     algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
     """Algorithm name and settings (pathwise: bptt, rpo; score-function: the registered LLM algorithms)."""
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(steps=10, lr=3e-3, weight_decay=0.0, grad_clip=0.0))
-    """Adam(W) settings; defaults follow SEED_METHODS.md (Adam lr 3e-3)."""
+    """Adam(W) settings; defaults follow docs/seed_methods.md#the-control-track (Adam lr 3e-3)."""
     tracking: TrackingConfig = field(default_factory=lambda: TrackingConfig(experiment="isopo-bench-control"))
     """MLflow settings."""
     seed: int = 0

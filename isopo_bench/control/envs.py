@@ -1,4 +1,4 @@
-"""Batched, differentiable control tasks in pure torch (SEED_METHODS.md). A state batch is state_NS; one
+"""Batched, differentiable control tasks in pure torch (docs/seed_methods.md#the-control-track). A state batch is state_NS; one
 step maps (state_NS, action_NA) to (next state, reward_N) with ordinary torch ops, so the return is
 differentiable in the actions and the initial state (pathwise methods) and the same code serves
 score-function methods under no_grad. Initial states are a pure function of a torch.Generator."""

@@ -1,4 +1,4 @@
-"""Pathwise methods: BPTT and RPO (Zhong, Wang, Li, Huang; arXiv 2508.06214), SEED_METHODS.md.
+"""Pathwise methods: BPTT and RPO (Zhong, Wang, Li, Huang; arXiv 2508.06214); docs/seed_methods.md#rpo-differentiable-control.
 
 - `bptt`: one gradient step per iteration on -mean return of reparameterised rollouts, differentiated
   through the dynamics, minus an entropy bonus.

@@ -1,8 +1,8 @@
 """The pendulum stability experiment (`isopo-bench control-stability`): does RPO's band mask and KL keep
-training from falling back? SEED_METHODS.md: "without KL and clipping 2 of 3 seeds fell back by more than
+training from falling back? docs/seed_methods.md#the-control-track: "without KL and clipping 2 of 3 seeds fell back by more than
 10 after reaching -170; with them 1 of 3, which recovered."
 
-RPO on the pendulum swing-up with SEED_METHODS.md's settings (Adam lr 3e-3, 64 envs, T = 100, dt = 0.05,
+RPO on the pendulum swing-up with docs/seed_methods.md's settings (Adam lr 3e-3, 64 envs, T = 100, dt = 0.05,
 5 epochs per batch), 3 seeds, two variants:
 - `rpo`: as specified, band mask 0.8 / 1.0 on the importance ratio and KL to pi_old from the second epoch;
 - `rpo-no-kl-no-band`: kl_coef = 0, and a band that admits every ratio (band_low = 1, band_high = inf),
@@ -14,7 +14,7 @@ moves only when the policy does) and logs it as control/eval_return; the runs ca
 
 Fall-back: after the curve first reaches `level`, its largest drop below its running best; it fell back
 when that drop exceeds `threshold` (10), and recovered when it ends within `threshold` of its running
-best. Two levels: SEED_METHODS.md's absolute -170, and a relative one, within `within` of the run's own
+best. Two levels: the seed-method note's absolute (docs/seed_methods.md#the-control-track) -170, and a relative one, within `within` of the run's own
 best (the absolute level depends on the evaluation set, which the note's prototype did not share).
 """
 
@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 
 SUITE_NAME, SUITE_VERSION = "pendulum-stability", 1
 SPEC_LEVEL = -170.0
-"""SEED_METHODS.md's level: falls back count only after the return reached it."""
+"""The seed-method note's level (docs/seed_methods.md): falls back count only after the return reached it."""
 DEFAULT_ITERATIONS = 200
 """About 0.22 s of CPU per iteration (one core; evaluation included): 6 runs take about 5 minutes."""
 

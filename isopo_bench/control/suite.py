@@ -1,5 +1,5 @@
 """The `control` suite: every method on the point mass, 3 seeds, 10 iterations, Adam lr 3e-3, 64 envs
-(SEED_METHODS.md's calibration setting), then its leaderboard (the project's, unchanged: the evaluation
+(the calibration setting of docs/seed_methods.md#the-control-track), then its leaderboard (the project's, unchanged: the evaluation
 return sits in its accuracy columns). About two minutes on one core.
 
 Runs are identified by config hash; a run FINISHED in the store is not redone (the LLM suite's ledger).
