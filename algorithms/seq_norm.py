@@ -7,7 +7,9 @@ Per Linear layer and microbatch, with G_i the gradient of sequence i's share of 
 
 so every sequence moves each layer by a step of the same size, signed and scaled by its advantage alone.
 (ISOPO's `isopo-euclidean` preset is the same up to its 1e-8 placement.) Other parameters get their
-REINFORCE gradient, the engine's default.
+REINFORCE gradient, the engine's default. A sequence whose layer gradient vanishes (a query attending to
+a single key leaves k_proj without gradient) is rounding noise scaled up to |A_i| unless eps is well above
+that rounding.
 """
 
 from dataclasses import dataclass

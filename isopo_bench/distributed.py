@@ -17,9 +17,10 @@ Why microbatches, not sequences, are the unit. ISOPO's per-layer transform is co
 - the EMA statistics collect per-sequence values (N, O, R) and per-microbatch values (tr K / B).
 So the microbatch grouping is part of the algorithm: the honest equivalence is "W ranks == 1 rank
 accumulating over the same microbatches", not "== one big microbatch". To keep it exact we (1) hand the
-algorithm the GLOBAL microbatch index (`algorithm.micro`, which seeds the probes) before each microbatch and
-(2) all-reduce the EMA statistics' (sum, count) pairs at the end of each optimizer step
-(`EmaStats.reducer`); without (2) the ranks' EMAs, hence their damping and normalisers, drift apart.
+algorithm the GLOBAL microbatch index (the `index` of `backward_context`, which seeds the probes) and
+(2) give the step's StepContext the cross-rank SUM (`reducer=all_reduce_sum`), with which the layer-wise
+engine all-reduces its EMA statistics' (sum, count) pairs at the end of each optimizer step; without (2)
+the ranks' EMAs, hence their damping and normalisers, drift apart.
 
 Implementations. ISOPO produces its weight gradient inside autograd (a custom autograd Function per Linear,
 option A of SCALE_OUT.md), so DDP and FSDP2 communicate it as any gradient:
@@ -40,7 +41,7 @@ Launching on N GPUs (one process per GPU; nccl is picked on CUDA, gloo on CPU):
     (several nodes: torchrun --nnodes M --nproc_per_node N --rdzv-backend c10d --rdzv-endpoint HOST:PORT ...)
 The trainer does all of this when launched under torchrun with --parallel.world-size N (isopo_bench.trainer);
 by hand: `ctx = DataParallel.setup(model, algorithm, mode="ddp" | "fsdp2")`, then per optimizer step
-`ctx.accumulate(algorithm, minibatch, microbatch_size, max_len)`, `algorithm.finalize_grads(ctx.module)`,
+`ctx.accumulate(algorithm, minibatch, microbatch_size, max_len, step=k)` (finalize_grads included),
 clip, `optimizer.step()` (build the optimizer AFTER `setup`: FSDP2 replaces parameters by DTensors).
 Rollouts: each rank generates for its share of prompts (`rollout_share`), whole groups only.
 """
@@ -56,8 +57,9 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from isopo_bench.algorithm_api import microbatch_backward
+from isopo_bench.algorithm_api import StepContext, no_reduction
 from isopo_bench.batch import BatchTotals, TrainBatch
+from isopo_bench.step_driver import MicrobatchWork, step_gradients
 
 Mode = Literal["ddp", "fsdp2"]
 
@@ -110,16 +112,6 @@ def all_reduce_sum(local: torch.Tensor) -> torch.Tensor:
     return buf.to(local.device)
 
 
-def attach_stats_reducer(algorithm, reducer=all_reduce_sum) -> bool:
-    """Give the algorithm's EMA statistics (ISOPO family: `algorithm.stats`) the cross-rank reducer.
-    Returns whether the algorithm had any."""
-    stats = getattr(algorithm, "stats", None)
-    if stats is None or not hasattr(stats, "reducer"):
-        return False
-    stats.reducer = reducer
-    return True
-
-
 def _sum_comm_hook(state, bucket):
     # Unannotated on purpose: DDP checks the annotation object, which `from __future__ import annotations`
     # would turn into a string.
@@ -145,9 +137,9 @@ class DataParallel:
     world_size: int
 
     @staticmethod
-    def setup(model: nn.Module, algorithm=None, mode: Mode = "ddp", reduce_stats: bool = True) -> "DataParallel":
-        """Wrap `model` (already on this rank's device) for `mode` in the default process group, and
-        all-reduce the algorithm's EMA statistics (`reduce_stats=False` only for the control test)."""
+    def setup(model: nn.Module, algorithm=None, mode: Mode = "ddp") -> "DataParallel":
+        """Wrap `model` (already on this rank's device) for `mode` in the default process group.
+        (`algorithm` is unused: statistics are reduced through the StepContext's reducer.)"""
         rank, world = dist.get_rank(), dist.get_world_size()
         if mode == "ddp":
             device_ids = [torch.cuda.current_device()] if next(model.parameters()).is_cuda else None
@@ -159,8 +151,6 @@ class DataParallel:
             ctx = DataParallel(mode, model, model, rank, world)
         else:
             raise ValueError(f"unknown data-parallel mode `{mode}`: use ddp or fsdp2")
-        if algorithm is not None and reduce_stats and world > 1:
-            attach_stats_reducer(algorithm)
         return ctx
 
     def local_work(self, microbatches: list[TrainBatch],
@@ -176,18 +166,19 @@ class DataParallel:
         return [(g, microbatches[g].to(device), self._sync_context(i == len(share) - 1)) for i, g in enumerate(share)]
 
     def accumulate(self, algorithm, minibatch: TrainBatch, microbatch_size: int, max_len: int,
-                   device: torch.device | str = "cpu", loss_scale: float = 1.0) -> dict[str, float]:
-        """Sum over ranks of the minibatch's gradient into .grad (after zero_grad), this rank's
-        microbatches only, with global denominators. Returns this rank's loss sum (a local share).
-        `loss_scale` exists for the control test of the loss-times-world-size trick; leave it at 1."""
+                   device: torch.device | str = "cpu", loss_scale: float = 1.0, step: int = 0,
+                   reduce_stats: bool = True) -> dict[str, float]:
+        """Optimizer step `step`'s gradient summed over ranks into .grad (step_driver.step_gradients: zero_grad,
+        begin_step, this rank's microbatches with global denominators, finalize_grads). Returns finalize's
+        metrics and this rank's loss sum (a local share). `loss_scale` (the loss-times-world-size trick) and
+        `reduce_stats=False` (statistics left per rank) exist only for the control tests."""
         microbatches = all_microbatches(minibatch, microbatch_size)
         totals = BatchTotals.of(minibatch, len(microbatches), max_len)
-        algorithm.begin_step(microbatches, totals)
-        loss_sum = 0.0
-        for g, mb, sync in self.local_work(microbatches, device):
-            loss_sum += microbatch_backward(algorithm, self.module, mb, totals, forward_model=self.forward_model,
-                                            global_index=g, sync_context=sync, loss_scale=loss_scale).loss
-        return {"loss_local": loss_sum}
+        ctx = StepContext(step, microbatches, totals, reducer=all_reduce_sum if reduce_stats else no_reduction)
+        work = [MicrobatchWork(g, mb, sync) for g, mb, sync in self.local_work(microbatches, device)]
+        result = step_gradients(algorithm, self.module, ctx, work, forward_model=self.forward_model,
+                                loss_scale=loss_scale)
+        return {"loss_local": sum(r.loss for r in result.microbatches)} | result.metrics
 
     def _sync_context(self, last: bool):
         if self.mode == "ddp" and not last:
