@@ -232,3 +232,16 @@ def test_cpu_autocast_bfloat16_runs_and_tracks_float32():
     w = "model.layers.0.mlp.up_proj.weight"
     assert approx[w].dtype == torch.float32
     assert float((approx[w] - exact[w]).norm() / exact[w].norm()) < 0.1
+
+
+def test_backward_after_the_context_is_an_error():
+    """The Linear overrides are closures over one microbatch's session: a graph built inside the context
+    but differentiated after it would use a closed session, and says so."""
+    model, mb = tiny_model(), make_batch()
+    algo = build(run_cfg("isopo"))
+    totals = totals_of([mb])
+    ctx = StepContext(0, [mb], totals)
+    with algo.backward_context(model, mb, ctx, 0):
+        loss = algo.loss(sequence_logprobs(model, mb), mb, totals)[0]
+    with pytest.raises(RuntimeError, match="outside its backward_context"):
+        loss.backward()
