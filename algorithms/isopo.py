@@ -117,7 +117,7 @@ class Isopo(LayerwiseAlgorithm):
         "isopo": _preset("the reference's released run: s_i = 1 / O_i"),
         # Ablations of the non-interacting exponents (N^p O^q R^r; only two are independent without regularisation).
         "isopo-euclidean": _preset("s_i = 1 / N_i", p=1.0, q=0.0, r=0.0),
-        "isopo-q-1-r-2": _preset("s_i = O_i / R_i^2", p=0.0, q=-1.0, r=-2.0),
+        "isopo-q-1-r-2": _preset("s_i = O_i R_i^2", p=0.0, q=-1.0, r=-2.0),
         "isopo-reinforce-limit": _preset("s_i = 1: REINFORCE", p=0.0, q=0.0, r=0.0),
         "isopo-faithful": _preset("the reference's numerics", mode="faithful"),
     }
