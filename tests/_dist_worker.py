@@ -11,7 +11,6 @@ Under ddp it also runs the controls that must fail: the loss-times-world-size tr
 
 from __future__ import annotations
 
-import dataclasses
 import datetime
 import json
 import sys
@@ -22,12 +21,16 @@ import torch.distributed as dist
 from torch import nn
 from transformers import Qwen3Config, Qwen3ForCausalLM
 
+from isopo_bench.algorithm_api import StepContext
+from isopo_bench.algorithms.isopo import IsopoSettings
+from isopo_bench.algorithms.seq_norm import SeqNormSettings
 from isopo_bench.batch import BatchTotals, TrainBatch, pad_and_stack, sequence_logprobs
-from isopo_bench.config import AlgorithmConfig, IsopoConfig, ParallelConfig, RunConfig
+from isopo_bench.config import AlgorithmConfig
 from isopo_bench.errors import ConfigError
-from isopo_bench.algorithm_api import microbatch_backward
-from isopo_bench.distributed import DataParallel, all_microbatches, attach_stats_reducer, grad_norm_value
+from isopo_bench.distributed import DataParallel, all_microbatches, grad_norm_value
+from isopo_bench.plugin_settings import algorithm_setup, build_algorithm
 from isopo_bench.plugins import ALGORITHMS
+from isopo_bench.step_driver import step_gradients
 
 VOCAB, MICRO, MINI, STEPS, MAX_LEN = 40, 2, 8, 2, 16
 
@@ -61,12 +64,23 @@ def make_data() -> list[TrainBatch]:
     return [batch.select(slice(i * MINI, (i + 1) * MINI)) for i in range(STEPS)]
 
 
-def run_cfg(name: str, reg_o: float = 1.0) -> RunConfig:
+def run_cfg(name: str, reg_o: float = 1.0) -> AlgorithmConfig:
     # Few probes, so that the probe draw (seeded by the global microbatch index) matters. reg_o > 0: the
     # default unregularised s_i = 1 / O_i is ill-conditioned on this random model (some O_i ~ 1e-7 at step 2,
     # where merely reordering the 1-process sum of microbatches moves the gradient by 50%); the regulariser
     # also puts non-interacting ISOPO's EMA statistics (EMA[O^2]) under test.
-    return RunConfig(algorithm=AlgorithmConfig(name=name, isopo=IsopoConfig(num_probes=4, reg_o=reg_o)), seed=0)
+    settings = IsopoSettings(num_probes=4, reg_o=reg_o) if name in ("isopo", "isopo-interacting") else None
+    if name == "seq-norm":
+        # eps well above rounding: some sequences' k_proj gradients are zero up to rounding (a query attending
+        # to one key), and w_i = A_i / (||G_i|| + 1e-8) turns that rounding into a full-size step (reordering the
+        # 1-process microbatch sum then moves the second step's gradient by 5%; by 7e-7 with eps = 0.05).
+        settings = SeqNormSettings(eps=0.05)
+    return AlgorithmConfig(name=name, settings=settings)
+
+
+def build(name: str, reg_o: float = 1.0, world_size: int = 1, mode: str = "ddp"):
+    return build_algorithm(run_cfg(name, reg_o), seed=0, world_size=world_size,
+                           sharded_parameters=world_size > 1 and mode == "fsdp2")
 
 
 def full(t: torch.Tensor) -> torch.Tensor:
@@ -74,24 +88,20 @@ def full(t: torch.Tensor) -> torch.Tensor:
 
 
 def train(name: str, data: list[TrainBatch], dp: DataParallel | None = None, model=None, algo=None,
-          loss_scale: float = 1.0, reg_o: float = 1.0) -> tuple[dict, list[dict], object]:
+          loss_scale: float = 1.0, reg_o: float = 1.0, reduce_stats: bool = True) -> tuple[dict, list[dict], object]:
     """Two optimizer steps; returns final params, per-step grads (before clipping) and the algorithm."""
     model = model if model is not None else tiny_model()
-    algo = algo if algo is not None else ALGORITHMS.get(name)(run_cfg(name, reg_o))
+    algo = algo if algo is not None else build(name, reg_o)
     module = dp.module if dp is not None else model
     optimizer = torch.optim.AdamW(module.parameters(), lr=1e-3, weight_decay=0.01)
     grads = []
-    for minibatch in data:
+    for step, minibatch in enumerate(data):
         optimizer.zero_grad(set_to_none=True)
         if dp is not None:
-            dp.accumulate(algo, minibatch, MICRO, MAX_LEN, loss_scale=loss_scale)
-        else:
+            dp.accumulate(algo, minibatch, MICRO, MAX_LEN, loss_scale=loss_scale, step=step, reduce_stats=reduce_stats)
+        else:  # this rank alone, over every global microbatch in order
             totals = BatchTotals.of(minibatch, MINI // MICRO, MAX_LEN)
-            microbatches = all_microbatches(minibatch, MICRO)
-            algo.begin_step(microbatches, totals)
-            for g, mb in enumerate(microbatches):
-                microbatch_backward(algo, model, mb, totals, global_index=g)
-        algo.finalize_grads(module)
+            step_gradients(algo, model, StepContext(step, all_microbatches(minibatch, MICRO), totals))
         grads.append({n: full(p.grad) for n, p in module.named_parameters() if p.grad is not None})
         grad_norm_value(torch.nn.utils.clip_grad_norm_(module.parameters(), 1.0))
         optimizer.step()
@@ -107,20 +117,25 @@ def compare(ref, run, algo, ref_algo) -> dict:
         out[f"grad_keys_equal_step{step}"] = sorted(g) == sorted(g_ref)
         out[f"grad_norm_ratio_step{step}"] = float(torch.linalg.vector_norm(torch.cat([v.flatten() for v in g.values()])) /
                                                    torch.linalg.vector_norm(torch.cat([v.flatten() for v in g_ref.values()])))
-    ema = {k: float(v) for k, v in getattr(getattr(algo, "stats", None), "ema", {}).items()}
+    ema = ema_of(algo)
     everyone = [None] * dist.get_world_size()
     dist.all_gather_object(everyone, ema)
-    ema_ref = {k: float(v) for k, v in getattr(getattr(ref_algo, "stats", None), "ema", {}).items()}
+    ema_ref = ema_of(ref_algo)
     out["ema_rank_spread"] = max([abs(e[k] - ema[k]) / abs(ema[k]) for e in everyone for k in ema] or [0.0])
     out["ema_ref_diff"] = max([abs(ema[k] - ema_ref[k]) / abs(ema_ref[k]) for k in ema_ref] or [0.0])
     out["num_ema_keys"] = len(ema)
     return out
 
 
+def ema_of(algo) -> dict[str, float]:
+    """The EMA statistics an algorithm checkpoints (layer-wise engine, npg_rank1_model; none elsewhere)."""
+    return {k: float(v) for k, v in algo.state_dict().get("stats", {}).get("ema", {}).items()}
+
+
 def refused_mode(name: str, mode: str, world: int) -> str:
-    cfg = dataclasses.replace(run_cfg(name), parallel=ParallelConfig(world_size=world, mode=mode))
+    setup = algorithm_setup(run_cfg(name), world_size=world, sharded_parameters=mode == "fsdp2")
     try:
-        ALGORITHMS.get(name).validate(cfg)
+        ALGORITHMS.get(name).validate(setup)
     except ConfigError as exc:
         return str(exc)
     return ""
@@ -139,7 +154,7 @@ def main(mode: str, out_dir: Path) -> None:
             continue
         ref = train(name, data)
         model = tiny_model()
-        algo = ALGORITHMS.get(name)(run_cfg(name))
+        algo = build(name, world_size=world, mode=mode)
         dp = DataParallel.setup(model, algo, mode)
         run = train(name, data, dp, model, algo)
         results[name] = compare(ref, run, algo, ref[2])
@@ -148,16 +163,16 @@ def main(mode: str, out_dir: Path) -> None:
             # Control: plain DDP (mean over ranks) with the loss multiplied by the world size. ISOPO in its
             # default form (s_i = 1 / O_i, no regulariser) is invariant to the loss scale.
             ref = train(name, data, reg_o=0.0)
-            model, algo = tiny_model(), ALGORITHMS.get(name)(run_cfg(name, reg_o=0.0))
+            model, algo = tiny_model(), build(name, reg_o=0.0, world_size=world)
             ddp = nn.parallel.DistributedDataParallel(model, broadcast_buffers=False)
-            attach_stats_reducer(algo)  # isolate the trick: EMAs are reduced as in the correct setup
+            # isolate the trick: EMAs are reduced (dp.accumulate's reducer) as in the correct setup
             run = train(name, data, DataParallel("ddp", model, ddp, rank, world), model, algo, loss_scale=world, reg_o=0.0)
             results[f"control_loss_times_world/{name}"] = compare(ref, run, algo, ref[2])
         for name in ("isopo", "isopo-interacting"):
             # Control: EMA statistics left per rank.
             ref = train(name, data)
-            model, algo = tiny_model(), ALGORITHMS.get(name)(run_cfg(name))
-            run = train(name, data, DataParallel.setup(model, algo, "ddp", reduce_stats=False), model, algo)
+            model, algo = tiny_model(), build(name, world_size=world)
+            run = train(name, data, DataParallel.setup(model, algo, "ddp"), model, algo, reduce_stats=False)
             results[f"control_unreduced_ema/{name}"] = compare(ref, run, algo, ref[2])
     (out_dir / f"rank{rank}.json").write_text(json.dumps(results, indent=1))
     dist.destroy_process_group()

@@ -15,11 +15,12 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM, Qwen3Config, Qwen3ForCausalLM
 
 from isopo_bench.aggregation import aggregate
-from isopo_bench.algorithms._isopo_stats import draw_probes, probe_generator
-from isopo_bench.algorithm_api import accumulate
+from isopo_bench.algorithms.isopo import IsopoSettings
 from isopo_bench.batch import BatchTotals, TrainBatch, pad_and_stack, sequence_logprobs
-from isopo_bench.config import AlgorithmConfig, IsopoConfig, RunConfig
-from isopo_bench.plugins import ALGORITHMS
+from isopo_bench.config import AlgorithmConfig
+from isopo_bench.layerwise.draws import draw_probes, probe_generator
+from isopo_bench.plugin_settings import build_algorithm
+from isopo_bench.step_driver import accumulate
 
 torch.set_num_threads(1)
 VOCAB = 40
@@ -55,8 +56,12 @@ def make_batch(padding_side: str = "right", order=(0, 1, 2, 3)) -> TrainBatch:
     return TrainBatch(ids, attn, resp.to(torch.float64), adv)
 
 
-def run_cfg(name: str = "isopo", loss_agg: str = "token-mean", **isopo) -> RunConfig:
-    return RunConfig(algorithm=AlgorithmConfig(name=name, loss_agg=loss_agg, isopo=IsopoConfig(**isopo)), seed=SEED)
+def run_cfg(name: str = "isopo", loss_agg: str = "token-mean", **isopo) -> AlgorithmConfig:
+    return AlgorithmConfig(name=name, loss_agg=loss_agg, settings=IsopoSettings(**isopo))
+
+
+def build(cfg: AlgorithmConfig, **setup_fields):
+    return build_algorithm(cfg, seed=SEED, **setup_fields)
 
 
 def totals_of(mbs: list[TrainBatch]) -> BatchTotals:
@@ -66,14 +71,14 @@ def totals_of(mbs: list[TrainBatch]) -> BatchTotals:
     )
 
 
-def algo_step(model, algo, mbs: list[TrainBatch]) -> dict[str, float]:
-    """One optimizer step's gradient, driven exactly as the trainer does."""
+def algo_step(model, algo, mbs: list[TrainBatch], step: int = 0) -> dict[str, float]:
+    """Optimizer step `step`'s gradient, driven exactly as the trainer does."""
     totals = totals_of(mbs)
-    return accumulate(algo, model, mbs, totals)
+    return accumulate(algo, model, mbs, totals, step=step)
 
 
-def algo_grads(model, cfg: RunConfig, mbs: list[TrainBatch]) -> dict[str, torch.Tensor | None]:
-    algo = ALGORITHMS.get(cfg.algorithm.name)(cfg)
+def algo_grads(model, cfg: AlgorithmConfig, mbs: list[TrainBatch]) -> dict[str, torch.Tensor | None]:
+    algo = build(cfg)
     algo.attach(model)
     algo_step(model, algo, mbs)
     return grads_of(model)
@@ -166,16 +171,16 @@ def other_weight(name, mb, icfg, tied_embed):
     return torch.zeros(mb.size, dtype=torch.float64)
 
 
-def brute_grads(model, cfg: RunConfig, mbs: list[TrainBatch], interacting: bool, ema=None, step=0, stats=None):
+def brute_grads(model, cfg: AlgorithmConfig, mbs: list[TrainBatch], interacting: bool, ema=None, step=0, stats=None):
     """Expected gradient of every parameter of `model` (names as in model.named_parameters()).
     `ema`: {layer: {statistic: value}} from earlier steps; `stats` (a dict) receives this step's values."""
-    icfg, totals = cfg.algorithm.isopo, totals_of(mbs)
+    icfg, totals = cfg.settings, totals_of(mbs)
     linear_names = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
     tied = model.lm_head.weight is model.get_input_embeddings().weight
     embed_name = next(n for n, p in model.named_parameters() if p is model.get_input_embeddings().weight)
     total: dict[str, torch.Tensor] = {}
     for micro, mb in enumerate(mbs):
-        per_seq, acts = per_sequence(model, mb, totals, cfg.algorithm.loss_agg)
+        per_seq, acts = per_sequence(model, mb, totals, cfg.loss_agg)
         for name, G in per_seq.items():
             layer = name.removesuffix(".weight")
             if layer in linear_names:
@@ -260,7 +265,13 @@ def test_other_param_policies(other, tied_rule):
 
 
 def reinforce_grads(model, mbs, loss_agg="token-mean"):
-    return algo_grads(model, run_cfg("reinforce", loss_agg=loss_agg), mbs)
+    """The REINFORCE gradient from its definition: d/dtheta of sum over microbatches of aggregate(-A logp)."""
+    totals = totals_of(mbs)
+    model.zero_grad(set_to_none=True)
+    for mb in mbs:
+        per_token = -mb.advantages_B[:, None] * sequence_logprobs(model, mb)
+        aggregate(per_token, mb.response_mask_BT, loss_agg, totals).backward()
+    return grads_of(model)
 
 
 @pytest.mark.parametrize("kind", ["qwen3", "llama"])

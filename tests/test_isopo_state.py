@@ -13,12 +13,14 @@ import copy
 import pytest
 import torch
 from test_isopo import (
-    algo_grads, algo_step, assert_grads_close, brute_grads, grads_of, make_batch, run_cfg, tiny_model, totals_of,
+    algo_grads, algo_step, assert_grads_close, brute_grads, build, grads_of, make_batch, run_cfg, tiny_model, totals_of,
 )
 
-from isopo_bench.algorithms._isopo_stats import EmaStats
+from isopo_bench.algorithm_api import StepContext
 from isopo_bench.batch import sequence_logprobs
 from isopo_bench.errors import ConfigError
+from isopo_bench.layerwise.ema import EmaStats
+from isopo_bench.plugin_settings import algorithm_setup
 from isopo_bench.plugins import ALGORITHMS
 
 torch.set_num_threads(1)
@@ -78,16 +80,16 @@ def test_rules_leave_no_state_behind(name):
     before = module_state(model)
     global_hooks = [len(h) for h in (torch.nn.modules.module._global_forward_hooks,
                                      torch.nn.modules.module._global_backward_hooks)]
-    algo = ALGORITHMS.get(name)(run_cfg(name, mode="fast"))
+    algo = build(run_cfg(name, mode="fast"))
     algo.attach(model)
     totals = totals_of([mb])
-    with algo.backward_context(model, mb, totals):
+    ctx = StepContext(0, [mb], totals)
+    with algo.backward_context(model, mb, ctx, 0):
         logp_inside = sequence_logprobs(model, mb)
         algo.loss(logp_inside, mb, totals)[0].backward()
         assert "forward" in model.lm_head.__dict__
-    algo.finalize_grads(model)
+    algo.finalize_grads(model, ctx)
     assert module_state(model) == before
-    assert all(rule.micro is None for rule in algo.rules.values())
     assert [len(h) for h in (torch.nn.modules.module._global_forward_hooks,
                              torch.nn.modules.module._global_backward_hooks)] == global_hooks
     assert torch.equal(logp_inside, sequence_logprobs(plain, mb))  # the forward value is untouched
@@ -101,7 +103,7 @@ def test_rules_leave_no_state_behind(name):
 def test_rules_are_inactive_in_eval_mode():
     model, mb = tiny_model(), make_batch()
     plain = copy.deepcopy(model)
-    algo = ALGORITHMS.get("isopo")(run_cfg("isopo"))
+    algo = build(run_cfg("isopo"))
     algo.attach(model)
     model.eval()
     algo_step(model, algo, [mb])
@@ -145,27 +147,27 @@ def test_second_step_uses_first_steps_ema_and_checkpoint_resume(name, settings):
     model, mb = tiny_model(), make_batch()
     mbs = [mb.select(slice(0, 2)), mb.select(slice(2, 4))]
     cfg, interacting = run_cfg(name, **settings), name != "isopo"
-    algo = ALGORITHMS.get(name)(cfg)
+    algo = build(cfg)
     algo.attach(model)
-    algo_step(model, algo, mbs)
+    algo_step(model, algo, mbs, step=0)
     stats: dict = {}
     assert_grads_close(grads_of(model), brute_grads(model, cfg, mbs, interacting, stats=stats))
-    resumed = ALGORITHMS.get(name)(cfg)
+    resumed = build(cfg)
     resumed.load_state_dict(copy.deepcopy(algo.state_dict()))
-    algo_step(model, algo, mbs)
+    algo_step(model, algo, mbs, step=1)
     second = grads_of(model)
     expected = brute_grads(model, cfg, mbs, interacting, ema=ema_from(stats, interacting), step=1)
     assert_grads_close(second, expected)
     assert relative_diff(second, brute_grads(model, cfg, mbs, interacting, step=1)) > 1e-4  # EMA mattered
     resumed.attach(model)
-    algo_step(model, resumed, mbs)
+    algo_step(model, resumed, mbs, step=1)
     assert_grads_close(grads_of(model), second)
 
 
 def test_metrics_are_means_over_layers_and_sequences():
     model, mb = tiny_model(), make_batch()
     cfg = run_cfg("isopo", num_probes=1000)
-    algo = ALGORITHMS.get("isopo")(cfg)
+    algo = build(cfg)
     algo.attach(model)
     metrics = algo_step(model, algo, [mb])
     stats: dict = {}
@@ -179,7 +181,7 @@ def test_metrics_are_means_over_layers_and_sequences():
 
 
 def test_attach_describes_the_policy():
-    desc = ALGORITHMS.get("isopo")(run_cfg("isopo", other_params="freeze")).attach(tiny_model())
+    desc = build(run_cfg("isopo", other_params="freeze")).attach(tiny_model())
     assert desc["isopo/frozen_params"] == (
         "model.layers.*.self_attn.q_norm.weight, model.layers.*.self_attn.k_norm.weight, "
         "model.layers.*.input_layernorm.weight, model.layers.*.post_attention_layernorm.weight, model.norm.weight"
@@ -202,18 +204,20 @@ def test_unknown_parameter_owner_is_an_error_under_reinforce_only():
     model = tiny_model()
     model.model.layers[0].post_attention_layernorm = ScaledNorm(64).to(torch.float64)
     with pytest.raises(TypeError, match="ScaledNorm"):
-        ALGORITHMS.get("isopo")(run_cfg("isopo")).attach(model)
+        build(run_cfg("isopo")).attach(model)
     grads = algo_grads(model, run_cfg("isopo", other_params="freeze"), [make_batch()])
     assert grads["model.layers.0.post_attention_layernorm.gain"] is None
 
 
 def test_validate_rejects_kl_and_bad_settings():
-    from isopo_bench.config import replace
+    import dataclasses
 
     with pytest.raises(ConfigError, match="kl_coef"):
-        ALGORITHMS.get("isopo").validate(replace(run_cfg("isopo"), **{"algorithm.kl_coef": 0.1}))
-    with pytest.raises(ConfigError, match="damping"):
-        ALGORITHMS.get("isopo-interacting").validate(run_cfg("isopo-interacting", damping=0.0))
+        ALGORITHMS.get("isopo").validate(algorithm_setup(dataclasses.replace(run_cfg("isopo"), kl_coef=0.1)))
+    with pytest.raises(ConfigError, match="algorithm.damping"):
+        ALGORITHMS.get("isopo-interacting").validate(algorithm_setup(run_cfg("isopo-interacting", damping=0.0)))
+    with pytest.raises(ConfigError, match="algorithm.num_probes"):
+        ALGORITHMS.get("isopo").validate(algorithm_setup(run_cfg("isopo", num_probes=0)))
 
 
 def test_cpu_autocast_bfloat16_runs_and_tracks_float32():
@@ -228,3 +232,16 @@ def test_cpu_autocast_bfloat16_runs_and_tracks_float32():
     w = "model.layers.0.mlp.up_proj.weight"
     assert approx[w].dtype == torch.float32
     assert float((approx[w] - exact[w]).norm() / exact[w].norm()) < 0.1
+
+
+def test_backward_after_the_context_is_an_error():
+    """The Linear overrides are closures over one microbatch's session: a graph built inside the context
+    but differentiated after it would use a closed session, and says so."""
+    model, mb = tiny_model(), make_batch()
+    algo = build(run_cfg("isopo"))
+    totals = totals_of([mb])
+    ctx = StepContext(0, [mb], totals)
+    with algo.backward_context(model, mb, ctx, 0):
+        loss = algo.loss(sequence_logprobs(model, mb), mb, totals)[0]
+    with pytest.raises(RuntimeError, match="outside its backward_context"):
+        loss.backward()

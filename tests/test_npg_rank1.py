@@ -10,11 +10,14 @@ from transformers import Qwen3Config, Qwen3ForCausalLM
 from transformers.models.qwen3.modeling_qwen3 import Qwen3RMSNorm
 
 from isopo_bench.aggregation import aggregate
-from isopo_bench.algorithms._isopo_math import EPS_DAMP
-from isopo_bench.algorithms._npg_math import sample_index
+from isopo_bench.algorithms.isopo import IsopoSettings
+from isopo_bench.algorithms.npg_rank1 import NpgSettings
 from isopo_bench.batch import BatchTotals, TrainBatch, pad_and_stack, sequence_logprobs
-from isopo_bench.config import AlgorithmConfig, IsopoConfig, NpgConfig, RunConfig
-from isopo_bench.plugins import ALGORITHMS
+from isopo_bench.config import AlgorithmConfig
+from isopo_bench.layerwise.draws import sample_index
+from isopo_bench.layerwise.kernels import EPS_DAMP
+from isopo_bench.plugin_settings import build_algorithm
+from isopo_bench.step_driver import accumulate
 
 F64, VOCAB, SEED = torch.float64, 40, 0
 ADV = [1.0, -0.5, 0.3, -0.8]
@@ -56,19 +59,26 @@ def totals_of(mb: TrainBatch) -> BatchTotals:
     return BatchTotals(float(mb.response_mask_BT.sum()), mb.size, 1, 16)
 
 
-def cfg_of(name: str, fisher: str = "one", npg_damping: float = 1.0, **isopo) -> RunConfig:
-    algo = AlgorithmConfig(name=name, loss_agg=AGG, isopo=IsopoConfig(**isopo), npg=NpgConfig(fisher, npg_damping))
-    return RunConfig(algorithm=algo, seed=SEED)
+def cfg_of(name: str, fisher: str = "one", npg_damping: float = 1.0, **engine) -> AlgorithmConfig:
+    """npg_rank1 takes (fisher, npg_damping) and the engine settings; the isopo names take `engine` as theirs."""
+    if name == "npg_rank1":
+        return AlgorithmConfig(name=name, loss_agg=AGG, settings=NpgSettings(fisher, npg_damping, **engine))
+    return AlgorithmConfig(name=name, loss_agg=AGG, settings=IsopoSettings(**engine) if "isopo" in name else None)
 
 
-def algo_grads(model, cfg: RunConfig, mb: TrainBatch) -> dict[str, torch.Tensor]:
-    algo = ALGORITHMS.get(cfg.algorithm.name)(cfg)
+def algo_grads(model, cfg: AlgorithmConfig, mb: TrainBatch) -> dict[str, torch.Tensor]:
+    if cfg.name == "reinforce":
+        return reinforce_grads(model, mb)
+    algo = build_algorithm(cfg, seed=SEED)
     algo.attach(model)
+    accumulate(algo, model, [mb], totals_of(mb))
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def reinforce_grads(model, mb: TrainBatch) -> dict[str, torch.Tensor]:
+    """The REINFORCE gradient from its definition, d/dtheta aggregate(-A logp)."""
     model.zero_grad(set_to_none=True)
-    with algo.backward_context(model, mb, totals_of(mb)):
-        loss, _ = algo.loss(sequence_logprobs(model, mb), mb, totals_of(mb))
-        loss.backward()
-    algo.finalize_grads(model)
+    aggregate(-mb.advantages_B[:, None] * sequence_logprobs(model, mb), mb.response_mask_BT, AGG, totals_of(mb)).backward()
     return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
 

@@ -11,19 +11,22 @@ import pytest
 import torch
 
 from isopo_bench.aggregation import aggregate
-from isopo_bench.algorithm_api import accumulate
-from isopo_bench.algorithms._isopo_math import EPS_DAMP
-from isopo_bench.algorithms._npg_math import sample_index
+from isopo_bench.algorithms.npg_rank1_model import NpgModelSettings
 from isopo_bench.batch import BatchTotals, TrainBatch, sequence_logprobs
-from isopo_bench.config import AlgorithmConfig, NpgConfig, ParallelConfig, RunConfig
+from isopo_bench.config import AlgorithmConfig
 from isopo_bench.errors import ConfigError
+from isopo_bench.layerwise.draws import sample_index
+from isopo_bench.layerwise.kernels import EPS_DAMP
+from isopo_bench.plugin_settings import algorithm_setup, build_algorithm
 from isopo_bench.plugins import ALGORITHMS
+from isopo_bench.step_driver import accumulate
 
 from test_npg_rank1 import AGG, F64, float64_rms_norm, make_batch, tiny_model  # noqa: F401 - fixture reused
 
 
-def cfg_of(name: str, damping: float = 0.5, seed: int = 0) -> RunConfig:
-    return RunConfig(algorithm=AlgorithmConfig(name=name, loss_agg=AGG, npg=NpgConfig("one", damping)), seed=seed)
+def cfg_of(name: str, damping: float = 0.5, seed: int = 0) -> tuple[AlgorithmConfig, int]:
+    settings = NpgModelSettings("one", damping) if name == "npg_rank1_model" else None
+    return AlgorithmConfig(name=name, loss_agg=AGG, settings=settings), seed
 
 
 def totals_for(batch: TrainBatch, num_microbatches: int) -> BatchTotals:
@@ -34,12 +37,19 @@ def split(batch: TrainBatch, size: int) -> list[TrainBatch]:
     return [batch.select(slice(s, s + size)).trimmed()[0] for s in range(0, batch.size, size)]
 
 
-def flat_grads(model, cfg: RunConfig, batch: TrainBatch, microbatch_size: int, steps: int = 1) -> torch.Tensor:
-    algo = ALGORITHMS.get(cfg.algorithm.name)(cfg)
-    algo.attach(model)
+def flat_grads(model, cfg: tuple[AlgorithmConfig, int], batch: TrainBatch, microbatch_size: int,
+               steps: int = 1) -> torch.Tensor:
     mbs = split(batch, microbatch_size)
-    for _ in range(steps):
-        accumulate(algo, model, mbs, totals_for(batch, len(mbs)))
+    if cfg[0].name == "reinforce":  # the REINFORCE gradient from its definition, d/dtheta aggregate(-A logp)
+        model.zero_grad(set_to_none=True)
+        for mb in mbs:
+            per_token = -mb.advantages_B[:, None] * sequence_logprobs(model, mb)
+            aggregate(per_token, mb.response_mask_BT, AGG, totals_for(batch, len(mbs))).backward()
+        return torch.cat([p.grad.flatten() for p in model.parameters()])
+    algo = build_algorithm(cfg[0], seed=cfg[1])
+    algo.attach(model)
+    for step in range(steps):
+        accumulate(algo, model, mbs, totals_for(batch, len(mbs)), step=step)
     return torch.cat([p.grad.flatten() for p in model.parameters()])
 
 
@@ -89,24 +99,23 @@ def test_huge_damping_equals_reinforce_and_tied_embeddings_work():
 def test_second_step_damps_with_the_ema():
     model, batch = tiny_model(), make_batch()
     cfg = cfg_of("npg_rank1_model", 0.5)
-    algo = ALGORITHMS.get("npg_rank1_model")(cfg)
+    algo = build_algorithm(cfg[0], seed=cfg[1])
     mbs = split(batch, 2)
-    first = accumulate(algo, model, mbs, totals_for(batch, 2))
-    second = accumulate(algo, model, mbs, totals_for(batch, 2))
-    decay = cfg.algorithm.isopo.ema_decay
+    first = accumulate(algo, model, mbs, totals_for(batch, 2), step=0)
+    second = accumulate(algo, model, mbs, totals_for(batch, 2), step=1)
+    decay = cfg[0].settings.ema_decay
     # Step 1 used its own |u|^2; step 2 the EMA after step 1, which is step 1's |u|^2.
     assert first["algo/npg_damping_mean"] == pytest.approx(0.5 * first["algo/npg_fisher_sq_norm"])
     assert second["algo/npg_damping_mean"] == pytest.approx(0.5 * first["algo/npg_fisher_sq_norm"])
     state = algo.state_dict()
-    assert state["step"] == 2
     expected_ema = decay * first["algo/npg_fisher_sq_norm"] + (1 - decay) * second["algo/npg_fisher_sq_norm"]
     assert state["stats"]["ema"]["score_sq_norm"] == pytest.approx(expected_ema)
 
 
 def test_config_errors_name_the_fix():
+    cls = ALGORITHMS.get("npg_rank1_model")
+    acfg = cfg_of("npg_rank1_model")[0]
     with pytest.raises(ConfigError, match="fisher one"):
-        dataclasses.replace(cfg_of("npg_rank1_model"), algorithm=AlgorithmConfig(
-            name="npg_rank1_model", npg=NpgConfig("all"))).validate()
+        cls.validate(algorithm_setup(dataclasses.replace(acfg, settings=NpgModelSettings("all"))))
     with pytest.raises(ConfigError, match="parallel.mode ddp"):
-        dataclasses.replace(cfg_of("npg_rank1_model"), parallel=ParallelConfig(world_size=2, mode="fsdp2"),
-                            rollout=dataclasses.replace(RunConfig().rollout, engine="vllm")).validate()
+        cls.validate(algorithm_setup(acfg, world_size=2, sharded_parameters=True))

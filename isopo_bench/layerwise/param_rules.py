@@ -1,14 +1,16 @@
-"""Which parameter gets which rule under ISOPO, and the per-token rules for parameters that are not Linear
-weights (ALGORITHMS.md 5.4).
+"""Which parameter gets which rule under the layer-wise engine, keyed by module type, and the per-token
+rules for parameters that are not Linear weights (ALGORITHMS.md 5.4).
 
-The back-propagated loss has no advantages, so without a rule a norm weight or an embedding receives the
-advantage-free gradient of -logp (the reference's behaviour, `other_params=reference`). The `reinforce`
+Linear weights (lm_head included) get the method's per-sequence reweighting (autograd_linear.py). The
+back-propagated loss has no advantages, so without a rule a norm weight or an embedding receives the
+advantage-free gradient of -logp (the ISOPO reference's behaviour, `other_params=reference`). The `reinforce`
 rule gives it sum_t A_seq(t) * (token t's contribution) instead. That is exactly the REINFORCE gradient
 because sequences do not interact: the REINFORCE output gradient at token t is A_seq(t) g_t. It is applied
 per module type with the trick y = y_input_path + w_t * (y_param_path - sg(y_param_path)): the value is
 y bit for bit, the input gradient is the ordinary one, and the parameter gradient is reweighted by w_t per
 token. Token weight 0 (`freeze`, or the lookup use of a tied embedding under `tied_embedding=reference`)
 detaches the parameter instead. Modules owning parameters with no rule raise under `reinforce`.
+To cover a new module type, add its forward factory to `rule_factory`.
 """
 
 from __future__ import annotations
@@ -20,8 +22,10 @@ from typing import Callable
 import torch
 from torch import nn
 
-from isopo_bench.algorithms._isopo_linear import check_plain_linear, transforms_now
-from isopo_bench.config import IsopoConfig
+from isopo_bench.layerwise.autograd_linear import check_plain_linear, transforms_now
+
+OTHER_PARAMS = ("reinforce", "freeze", "reference")
+TIED_EMBEDDING = ("split", "reference")
 
 RMS_NORMS = frozenset({"Qwen3RMSNorm", "Qwen2RMSNorm", "LlamaRMSNorm", "MistralRMSNorm"})
 """Norm classes computing weight * x / rms(x) (in float32) with no offset; e.g. Gemma's (1 + w) is not one."""
@@ -37,7 +41,7 @@ def _rms_normalised(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
 def _per_token(w_BT: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     B, T = w_BT.shape
     if tuple(y.shape[:2]) != (B, T):
-        raise RuntimeError(f"ISOPO other_params rule expected (B={B}, T={T}, ...) activations, got {tuple(y.shape)}")
+        raise RuntimeError(f"other_params rule expected (B={B}, T={T}, ...) activations, got {tuple(y.shape)}")
     return w_BT.to(y.dtype).view(B, T, *([1] * (y.dim() - 2)))
 
 
@@ -85,8 +89,9 @@ def _patterns(names: list[str]) -> str:
 
 
 @dataclass
-class ModelPolicy:
-    """The rule of every trainable parameter of one model, decided once at attach time."""
+class ParameterMap:
+    """The rule of every trainable parameter of one model, decided once at attach time.
+    `other_params` / `tied_embedding`: the method's settings of those names (see OTHER_PARAMS, TIED_EMBEDDING)."""
 
     linears: dict[str, nn.Linear] = field(default_factory=dict)
     others: dict[str, nn.Module] = field(default_factory=dict)
@@ -95,10 +100,12 @@ class ModelPolicy:
     """Names of `others` whose weight is also a Linear weight (tied embeddings)."""
     frozen_params: list[torch.nn.Parameter] = field(default_factory=list)
     frozen_names: list[str] = field(default_factory=list)
+    other_params: str = "reinforce"
+    tied_embedding: str = "split"
 
     @staticmethod
-    def of(model: nn.Module, cfg: IsopoConfig) -> "ModelPolicy":
-        pol = ModelPolicy()
+    def of(model: nn.Module, other_params: str = "reinforce", tied_embedding: str = "split") -> "ParameterMap":
+        pol = ParameterMap(other_params=other_params, tied_embedding=tied_embedding)
         for name, module in model.named_modules():
             own = [p for p in module._parameters.values() if p is not None and p.requires_grad]
             if isinstance(module, nn.Linear):
@@ -110,12 +117,12 @@ class ModelPolicy:
         for name, module in pol.others.items():
             if any(id(p) in linear_weights for p in module._parameters.values()):
                 pol.tied.add(name)
-            elif cfg.other_params == "reinforce" and rule_factory(module) is None:
+            elif other_params == "reinforce" and rule_factory(module) is None:
                 raise TypeError(
-                    f"ISOPO other_params=reinforce has no per-token rule for `{name}` ({type(module).__name__}); "
-                    "use algorithm.isopo.other_params=freeze or =reference, or add a rule in algorithms/_isopo_other.py"
+                    f"other_params=reinforce has no per-token rule for `{name}` ({type(module).__name__}); "
+                    "use algorithm.other_params=freeze or =reference, or add a rule in isopo_bench/layerwise/param_rules.py"
                 )
-        if cfg.other_params == "freeze":
+        if other_params == "freeze":
             for name, module in pol.others.items():
                 for pname, p in module.named_parameters(recurse=False):
                     if id(p) not in linear_weights:
@@ -123,33 +130,34 @@ class ModelPolicy:
                         pol.frozen_names.append(f"{name}.{pname}" if name else pname)
         return pol
 
-    def token_weight_mode(self, name: str, cfg: IsopoConfig) -> str:
+    def token_weight_mode(self, name: str) -> str:
         """`advantage`, `zero` or `raw` (leave the module alone) for the lookup/norm use of `name`."""
-        if name in self.tied and cfg.tied_embedding == "reference":
+        if name in self.tied and self.tied_embedding == "reference":
             return "zero"
-        return {"reinforce": "advantage", "freeze": "zero", "reference": "raw"}[cfg.other_params]
+        return {"reinforce": "advantage", "freeze": "zero", "reference": "raw"}[self.other_params]
 
-    def other_overrides(self, cfg: IsopoConfig, adv_B: torch.Tensor, T: int) -> dict[nn.Module, Callable]:
+    def other_overrides(self, adv_B: torch.Tensor, T: int) -> dict[nn.Module, Callable]:
         adv_BT = adv_B[:, None].expand(-1, T)
         overrides = {}
         for name, module in self.others.items():
-            mode = self.token_weight_mode(name, cfg)
+            mode = self.token_weight_mode(name)
             factory = rule_factory(module)
             if mode == "raw" or factory is None:
                 continue  # raw gradient; under `freeze` an unknown module's grads are dropped in finalize
             overrides[module] = factory(module, adv_BT if mode == "advantage" else None)
         return overrides
 
-    def describe(self, cfg: IsopoConfig) -> dict[str, str]:
+    def describe(self, prefix: str) -> dict[str, str]:
+        """Descriptive run params, keyed `{prefix}/...`."""
         biases = [f"{n}.bias" for n, m in self.linears.items() if m.bias is not None]
         others = [f"{n}.{p}" if n else p for n, m in self.others.items() for p, _ in m.named_parameters(recurse=False)]
         desc = {
-            "isopo/linear_weights": _patterns([f"{n}.weight" for n in self.linears]),
-            "isopo/linear_biases_zeroed": _patterns(biases),
-            "isopo/other_params_rule": cfg.other_params,
-            "isopo/other_params": _patterns(others),
-            "isopo/frozen_params": _patterns(self.frozen_names),
+            "linear_weights": _patterns([f"{n}.weight" for n in self.linears]),
+            "linear_biases_zeroed": _patterns(biases),
+            "other_params_rule": self.other_params,
+            "other_params": _patterns(others),
+            "frozen_params": _patterns(self.frozen_names),
         }
         if self.tied:
-            desc["isopo/tied_embedding"] = f"{_patterns(sorted(self.tied))}: {cfg.tied_embedding}"
-        return desc
+            desc["tied_embedding"] = f"{_patterns(sorted(self.tied))}: {self.tied_embedding}"
+        return {f"{prefix}/{k}": v for k, v in desc.items()}

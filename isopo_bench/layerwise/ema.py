@@ -1,36 +1,49 @@
-"""ISOPO bookkeeping: EMA statistics keyed by (name, layer), metric sums, deterministic probe draws.
+"""Step-level bookkeeping of the layer-wise engine: EMA statistics keyed by (statistic, layer) and metric
+means, both reducible across data-parallel ranks.
 
 EMA semantics (ALGORITHMS.md 5.3): values are collected during an optimizer step; at the end of the step
 m = mean of the collected values, EMA = m the first time, else decay * EMA + (1 - decay) * m, and the
 collected values are cleared. Before a key's first update its current value is used. `cumulative=True` is
-the reference's replication option: collected values are never cleared, so m is the running mean of
+the ISOPO reference's replication option: collected values are never cleared, so m is the running mean of
 everything collected so far. Collected values are kept as a (sum, count) pair, so memory stays bounded
 even in cumulative mode, and nothing here forces a device sync before `end_step`.
 
-Data parallelism: with `reducer` set (isopo_bench.distributed sets it when world size > 1), `end_step`
-first replaces each key's (sum, count) collected in this step by its SUM over ranks, so every rank's EMA is
-the EMA of all ranks' values (in cumulative mode only the step's new contributions are reduced). Every rank
-must have collected the same keys (every rank processes at least one microbatch). None: one process.
+Data parallelism: `end_step(reducer)` with the step's cross-rank SUM (StepContext.reducer) first replaces
+each key's (sum, count) collected in this step by its sum over ranks, so every rank's EMA is the EMA of all
+ranks' values (in cumulative mode only the step's new contributions are reduced): W ranks == 1 process
+over the same microbatches. Every rank must have collected the same keys (every rank processes at least
+one microbatch). The identity reducer (one process) skips the round trip, so one process is bit-exact.
 """
 
 from __future__ import annotations
 
-import hashlib
 from typing import Callable
 
 import torch
 
+from isopo_bench.algorithm_api import no_reduction
+
+Reducer = Callable[[torch.Tensor], torch.Tensor]
+
+
+def _reduce_pairs(pairs: dict[str, tuple[float, float]], reducer: Reducer | None) -> dict[str, tuple[float, float]]:
+    """{key: (sum, count)} summed over ranks in one (keys, 2) float64 tensor (keys in sorted order)."""
+    if reducer is None or reducer is no_reduction or not pairs:
+        return pairs
+    keys = sorted(pairs)
+    total = reducer(torch.tensor([list(pairs[k]) for k in keys], dtype=torch.float64).reshape(len(keys), 2))
+    return {k: (s, c) for k, (s, c) in zip(keys, total.tolist())}
+
 
 class EmaStats:
-    def __init__(self, decay: float, cumulative: bool = False, reducer: Callable[[torch.Tensor], torch.Tensor] | None = None):
+    def __init__(self, decay: float, cumulative: bool = False):
         self.decay = decay
         self.cumulative = cumulative
-        self.reducer = reducer
-        """Cross-rank SUM of a (keys, 2) float64 tensor of (sum, count) rows; None: single process."""
-        self._reduced: tuple[dict, dict] = ({}, {})
         self.ema: dict[str, torch.Tensor] = {}
         self._sum: dict[str, torch.Tensor] = {}
         self._count: dict[str, int] = {}
+        self._reduced: tuple[dict, dict] = ({}, {})
+        """(sum, count) already reduced in earlier steps (cumulative mode only)."""
 
     def collect(self, key: str, values: torch.Tensor) -> None:
         """Record the values of statistic `key` seen in this microbatch (any shape; each element counts)."""
@@ -45,9 +58,9 @@ class EmaStats:
             return current.detach().mean()
         return ema.to(device=current.device, dtype=current.dtype)
 
-    def end_step(self) -> None:
-        if self.reducer is not None:
-            self._reduce()
+    def end_step(self, reducer: Reducer | None = None) -> None:
+        if reducer is not None and reducer is not no_reduction:
+            self._reduce(reducer)
         for key, total in self._sum.items():
             mean = total / self._count[key]
             old = self.ema.get(key)
@@ -57,15 +70,10 @@ class EmaStats:
             self._count.clear()
         self._reduced = (dict(self._sum), dict(self._count))
 
-    def _reduce(self) -> None:
-        keys = sorted(self._sum)
-        old_sum, old_count = self._reduced  # already reduced in earlier steps (cumulative mode only)
-        local = torch.tensor(
-            [[float(self._sum[k] - old_sum.get(k, 0.0)), self._count[k] - old_count.get(k, 0)] for k in keys],
-            dtype=torch.float64,
-        ).reshape(len(keys), 2)
-        total = self.reducer(local)
-        for k, (s, c) in zip(keys, total.tolist()):
+    def _reduce(self, reducer: Reducer) -> None:
+        old_sum, old_count = self._reduced
+        new = {k: (float(self._sum[k] - old_sum.get(k, 0.0)), self._count[k] - old_count.get(k, 0)) for k in self._sum}
+        for k, (s, c) in _reduce_pairs(new, reducer).items():
             self._sum[k] = torch.tensor(old_sum.get(k, 0.0) + s, dtype=torch.float64)
             self._count[k] = old_count.get(k, 0) + round(c)
 
@@ -85,7 +93,8 @@ class EmaStats:
 
 
 class MetricSums:
-    """Means of per-layer diagnostics over one optimizer step, summed on device and read once."""
+    """Means of per-layer diagnostics over one optimizer step, summed on device and read once; `pop(reducer)`
+    makes them means over all ranks' values (so a W-rank run logs what the 1-process run logs)."""
 
     def __init__(self):
         self._sum: dict[str, torch.Tensor] = {}
@@ -96,25 +105,8 @@ class MetricSums:
         self._sum[key] = self._sum.get(key, 0.0) + values.sum()
         self._count[key] = self._count.get(key, 0) + values.numel()
 
-    def pop(self) -> dict[str, float]:
-        out = {key: float(total) / self._count[key] for key, total in self._sum.items()}
+    def pop(self, reducer: Reducer | None = None) -> dict[str, float]:
+        pairs = _reduce_pairs({k: (float(v), float(self._count[k])) for k, v in self._sum.items()}, reducer)
         self._sum.clear()
         self._count.clear()
-        return out
-
-
-def probe_generator(seed: int, step: int, microbatch: int, layer: int) -> torch.Generator:
-    """A CPU generator that depends only on (run seed, optimizer step, microbatch, layer index), so probe
-    draws repeat exactly across runs, devices, gradient checkpointing and the fast/faithful modes.
-    layer = -1 is the set shared by all layers."""
-    digest = hashlib.sha256(f"isopo-probes/{seed}/{step}/{microbatch}/{layer}".encode()).digest()
-    gen = torch.Generator()
-    gen.manual_seed(int.from_bytes(digest[:8], "little") & ((1 << 63) - 1))
-    return gen
-
-
-def draw_probes(real_flat_idx_N: torch.Tensor, num_probes: int, gen: torch.Generator) -> torch.Tensor:
-    """S = min(num_probes, N) distinct real-token positions, uniformly (flat indices into the B*T grid)."""
-    n = real_flat_idx_N.numel()
-    pick = torch.randperm(n, generator=gen)[: min(num_probes, n)]
-    return real_flat_idx_N[pick.to(real_flat_idx_N.device)]
+        return {key: s / c for key, (s, c) in pairs.items()}

@@ -1,8 +1,9 @@
-"""Pure tensor math of ISOPO for one Linear layer and one microbatch (ALGORITHMS.md 5.1, 5.2, 5.5).
+"""Pure tensor kernels of the layer-wise engine: per-sequence statistics of one Linear layer in one
+microbatch, and the final combination sum_i w_i G_i (ALGORITHMS.md 5.1, 5.2, 5.5; SEED_METHODS.md).
 
 Inputs are padded token grids: a_BTI (the Linear's input), g_BTO (the loss gradient w.r.t. its output,
-exactly zero on padding). Per-sequence layer gradients are G_i = sum_{t in i} g_t a_t^T. Every function
-has an obviously-correct form (materialised G_i, used by the faithful mode) or an exactly equivalent
+exactly zero on padding). Per-sequence layer gradients are G_i = sum_{t in i} g_t a_t^T. Every statistic
+has an obviously-correct form (from materialised G_i, used by the faithful mode) and an exactly equivalent
 cheaper form (ghost norms, Gram trick, probe products; the fast mode). No state lives here.
 """
 
@@ -10,12 +11,11 @@ from __future__ import annotations
 
 import torch
 
-EPS_SCALE = 1e-8
-"""Added to N~^p O~^q R~^r before inverting (the reference's constant)."""
 EPS_NORM = 1e-12
-"""Added to ||g_k|| ||a_k|| in the Fisher trace and to N_i in R_i = O_i / N_i."""
+"""Added to ||g_k|| ||a_k|| in the Fisher trace (and by methods dividing by a norm, e.g. ISOPO's R_i = O_i / N_i)."""
 EPS_DAMP = 1e-8
-"""Added to eigenvalue + lambda in interacting ISOPO (kept identical in the solve form)."""
+"""Added to eigenvalue + lambda in the damped NTK solve (interacting ISOPO, npg_rank1; kept identical in the
+solve form so that the methods built on it agree bit for bit)."""
 
 
 def seq_grads(a_BTI: torch.Tensor, g_BTO: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
@@ -62,34 +62,36 @@ def fisher_trace_sqrt(a_norm_S: torch.Tensor, g_norm_S: torch.Tensor) -> torch.T
     return (g_norm_S * a_norm_S + EPS_NORM).norm()
 
 
-def soft_abs(x_B: torch.Tensor, c: float, ema_x2: torch.Tensor | None, form: str) -> torch.Tensor:
-    """x~ of 5.1 step 3 with lambda_x = c * EMA[x^2]; c = 0 gives |x|."""
-    if c == 0:
-        return x_B.abs()
-    lam = c * ema_x2
-    if form == "keep-small":
-        return torch.sqrt(x_B**2 / (lam + 1e-8) + 1)
-    return torch.sqrt(x_B**2 + lam)
-
-
-def isopo_scale(n_t: torch.Tensor, o_t: torch.Tensor, r_t: torch.Tensor, p: float, q: float, r: float) -> torch.Tensor:
-    """s_i = 1 / (N~^p O~^q R~^r + 1e-8); pow(0, 0) = 1, so a zero exponent removes its factor exactly."""
-    return 1.0 / (n_t.pow(p) * o_t.pow(q) * r_t.pow(r) + EPS_SCALE)
-
-
-def damped_advantages_eigh(K_BB: torch.Tensor, A_B: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
-    """A~ = U diag(lambda / (D + lambda + 1e-8)) U^T A, the reference's eigh form (faithful mode)."""
+def damped_solve_eigh(K_BB: torch.Tensor, A_B: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
+    """A~ = lambda (K + (lambda + 1e-8) I)^-1 A as U diag(lambda / (D + lambda + 1e-8)) U^T A, the ISOPO
+    reference's eigh form (faithful mode)."""
     D_B, U_BB = torch.linalg.eigh(K_BB)
     return U_BB @ ((lam / (D_B + lam + EPS_DAMP)) * (U_BB.T @ A_B))
 
 
-def damped_advantages_solve(K_BB: torch.Tensor, A_B: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
+def damped_solve(K_BB: torch.Tensor, A_B: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
     """The same A~ as lambda (K + (lambda + 1e-8) I)^-1 A, one small solve in float64 (fast mode)."""
     K64 = K_BB.to(torch.float64)
     eye = torch.eye(K64.shape[0], dtype=torch.float64, device=K64.device)
     lam64 = lam.to(torch.float64)
     sol = torch.linalg.solve(K64 + (lam64 + EPS_DAMP) * eye, A_B.to(torch.float64))
     return (lam64 * sol).to(K_BB.dtype)
+
+
+def input_row(a_BTI: torch.Tensor, j: int) -> torch.Tensor:
+    """a_j a^T: (T, B T) products of sequence j's inputs with every token's."""
+    B, T, _ = a_BTI.shape
+    return a_BTI[j] @ a_BTI.reshape(B * T, -1).T
+
+
+def ghost_row(a_BTI: torch.Tensor, g_BTO: torch.Tensor, j: int, a_row_TN: torch.Tensor | None = None) -> torch.Tensor:
+    """K_jB[i] = <G_j, G_i> = sum_{t in j, s in i} (g_t . g_s)(a_t . a_s), cost T N (d_in + d_out).
+    `a_row_TN` = a_j a^T when already computed (it is shared by the Linears that read the same input)."""
+    B, T, _ = a_BTI.shape
+    if a_row_TN is None:
+        a_row_TN = input_row(a_BTI, j)
+    prod_TN = a_row_TN * (g_BTO[j] @ g_BTO.reshape(B * T, -1).T)
+    return prod_TN.view(T, B, T).sum(dim=(0, 2))
 
 
 def row_gram(X_BD: torch.Tensor, block: int = 1 << 16) -> torch.Tensor:

@@ -1,14 +1,16 @@
-"""The ISOPO Linear: a custom autograd Function and the temporary forward override that installs it.
+"""The layer-wise Linear: a custom autograd Function and the temporary forward override that installs it.
 
-Inside the backward, grad_input is computed as usual and the weight gradient is the ISOPO gradient
-sum_i w_i G_i returned by the layer's rule, so autograd never computes (and then discards) its own weight
-gradient, accumulation over microbatches is autograd's own, and data-parallel wrappers (DDP/FSDP) see and
-communicate the ISOPO gradient as an ordinary gradient (SCALE_OUT.md, option A). Linear biases get a zero
-gradient, as in the reference.
+Inside the backward, grad_input is computed as usual and the weight gradient is whatever the layer's
+`weight_grad(x, grad_out)` callable returns (the engine's sum_i w_i G_i), so autograd never computes (and
+then discards) its own weight gradient, accumulation over microbatches is autograd's own, and data-parallel
+wrappers (DDP/FSDP) see and communicate the transformed gradient as an ordinary gradient (SCALE_OUT.md,
+option A). Linear biases get a zero gradient, as in the ISOPO reference.
 
 The override is an instance attribute `forward` set on entry and deleted on exit, so after the context the
 module is byte-for-byte the plain module again: no hook handles, no extra attributes, no saved tensors.
-It is stateless across calls, so gradient checkpointing (which reruns forwards) needs no special care.
+The callable is a closure over one microbatch's session (isopo_bench.layerwise.engine), never state
+assigned onto a module, and it is stateless across calls, so gradient checkpointing (which reruns forwards)
+needs no special care.
 """
 
 from __future__ import annotations
@@ -20,11 +22,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+WeightGrad = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+"""(input x, output gradient) -> the layer's weight gradient."""
 
-class IsopoLinearFn(torch.autograd.Function):
+
+class LayerwiseLinearFn(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, weight, bias, rule):
-        ctx.rule = rule
+    def forward(ctx, x, weight, bias, weight_grad: WeightGrad):
+        ctx.weight_grad = weight_grad
         ctx.has_bias = bias is not None
         ctx.save_for_backward(x, weight)
         return F.linear(x, weight, bias)
@@ -35,7 +40,7 @@ class IsopoLinearFn(torch.autograd.Function):
         # Under autocast the output (hence grad_out) is in the autocast dtype; compute in it, as autograd does.
         x_c, w_c = x.to(grad_out.dtype), weight.to(grad_out.dtype)
         grad_x = (grad_out @ w_c).to(x.dtype) if ctx.needs_input_grad[0] else None
-        grad_w = ctx.rule.weight_grad(x_c, grad_out).to(weight.dtype) if ctx.needs_input_grad[1] else None
+        grad_w = ctx.weight_grad(x_c, grad_out).to(weight.dtype) if ctx.needs_input_grad[1] else None
         grad_b = None
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_b = torch.zeros(weight.shape[0], dtype=weight.dtype, device=weight.device)
@@ -47,10 +52,10 @@ def transforms_now(module: nn.Module) -> bool:
     return module.training and torch.is_grad_enabled()
 
 
-def isopo_linear_forward(module: nn.Linear, rule) -> Callable:
+def linear_forward(module: nn.Linear, weight_grad: WeightGrad) -> Callable:
     def forward(x: torch.Tensor) -> torch.Tensor:
         if transforms_now(module) and module.weight.requires_grad:
-            return IsopoLinearFn.apply(x, module.weight, module.bias, rule)
+            return LayerwiseLinearFn.apply(x, module.weight, module.bias, weight_grad)
         return F.linear(x, module.weight, module.bias)
 
     return forward
@@ -60,8 +65,8 @@ def check_plain_linear(name: str, module: nn.Module) -> None:
     """Linear subclasses with their own forward (LoRA, quantised layers) would be silently mis-handled."""
     if type(module).forward is not nn.Linear.forward:
         raise TypeError(
-            f"ISOPO: `{name}` is a {type(module).__name__}, a Linear subclass with its own forward; "
-            "ISOPO's per-layer rule only covers plain nn.Linear (merge adapters or add a rule)"
+            f"layer-wise engine: `{name}` is a {type(module).__name__}, a Linear subclass with its own forward; "
+            "the per-layer rule only covers plain nn.Linear (merge adapters or add a rule)"
         )
 
 
@@ -73,8 +78,8 @@ def overridden_forwards(overrides: dict[nn.Module, Callable]) -> Iterator[None]:
         for module, forward in overrides.items():
             if "forward" in module.__dict__:
                 raise RuntimeError(
-                    f"ISOPO: a {type(module).__name__} already has an instance-level forward (another library's "
-                    "hook?); refusing to stack overrides"
+                    f"layer-wise engine: a {type(module).__name__} already has an instance-level forward (another "
+                    "library's hook?); refusing to stack overrides"
                 )
             module.forward = forward
             installed.append(module)

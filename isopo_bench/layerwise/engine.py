@@ -1,0 +1,146 @@
+"""The layer-wise engine's algorithm base: everything a per-sequence method shares, so that the method
+itself is its Settings, its `Needs` and one weight function.
+
+A method declares the per-sequence statistics it needs (options.Needs) and supplies
+`sequence_weights(layer) -> w_B`, a function of those statistics and the advantages. For every nn.Linear
+(lm_head included) and every microbatch, the engine computes the statistics inside the backward pass, asks
+for w and returns sum_i w_i G_i = (g * w_seq(t))^T a as the weight gradient, in one matmul (or a B-term sum
+when the planner kept the G_i). The back-propagated loss is advantage-free, aggregate(-logp) with the run's
+`loss_agg` and the optimizer batch's denominators, so G_i is sequence i's share of it. Parameters that are
+not Linear weights get the rule of `options.other_params` (param_rules.py).
+
+Step-level state is the algorithm's own: EMA statistics (`ema`) and metric means (`metrics`), both
+reduced across data-parallel ranks with `ctx.reducer` in `finalize_grads`, so W ranks == 1 process over
+the same microbatches. Draws are seeded from (run seed, ctx.step, global microbatch index), never from a
+private counter, so a resumed run repeats them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+from typing import ClassVar
+
+import torch
+from torch.profiler import record_function
+
+from isopo_bench.aggregation import aggregate
+from isopo_bench.algorithm_api import Algorithm, AlgorithmSetup, StepContext
+from isopo_bench.batch import BatchTotals, TrainBatch
+from isopo_bench.errors import ConfigError
+from isopo_bench.layerwise import kernels as K
+from isopo_bench.layerwise import statistics
+from isopo_bench.layerwise.autograd_linear import linear_forward, overridden_forwards
+from isopo_bench.layerwise.ema import EmaStats, MetricSums
+from isopo_bench.layerwise.options import EngineOptions, Needs
+from isopo_bench.layerwise.param_rules import ParameterMap
+from isopo_bench.layerwise.planner import plan_layer
+from isopo_bench.layerwise.session import MicrobatchSession, stats_dtype
+from isopo_bench.layerwise.statistics import LayerStats
+
+log = logging.getLogger(__name__)
+
+
+class LayerwiseAlgorithm(Algorithm):
+    needs: ClassVar[Needs] = Needs()
+    """The statistics `sequence_weights` reads (override as a property when they depend on settings)."""
+    options: ClassVar[EngineOptions] = EngineOptions()
+    """Numerics and parameter policy (override as a property to expose them as settings)."""
+    metric_prefix: ClassVar[str] = "layerwise"
+    """Metrics are `algo/{prefix}_...`, descriptive params `{prefix}/...`, profiler ranges `{prefix}/...`."""
+
+    def __init__(self, setup: AlgorithmSetup):
+        super().__init__(setup)
+        self.ema = EmaStats(self.options.ema_decay, self.options.ema_cumulative)
+        self.metrics = MetricSums()
+        self._params: ParameterMap | None = None
+        self._model_id: int | None = None
+
+    def sequence_weights(self, layer: LayerStats) -> torch.Tensor:
+        """w_B: this layer's gradient is sum_i w_i G_i."""
+        raise NotImplementedError
+
+    @classmethod
+    def validate(cls, setup: AlgorithmSetup) -> None:
+        if setup.kl_coef > 0:
+            raise ConfigError("algorithm.kl_coef", f"`{setup.name}` has no KL penalty (its gradient would pass "
+                              "through the per-layer reweighting)", "set it to 0")
+
+    def attach(self, model: torch.nn.Module) -> dict[str, str]:
+        opts = self.options
+        self._params = ParameterMap.of(model, opts.other_params, opts.tied_embedding)
+        self._model_id = id(model)
+        desc = {f"{self.metric_prefix}/mode": opts.mode} | self._params.describe(self.metric_prefix)
+        if self._params.frozen_names:
+            log.info("%s other_params=freeze: no gradient for %s", self.setup.name, _names(self._params.frozen_names))
+        return desc
+
+    def loss(self, logp_BT: torch.Tensor, mb: TrainBatch, totals: BatchTotals):
+        # Advantage-free: the advantages enter through the per-layer weights inside the backward pass.
+        return aggregate(-logp_BT, mb.response_mask_BT, self.setup.loss_agg, totals), {}
+
+    def backward_context(self, model: torch.nn.Module, mb: TrainBatch, ctx: StepContext, index: int):
+        if self._params is None or self._model_id != id(model):
+            self.attach(model)
+        return self._context(mb, ctx, index)
+
+    @contextlib.contextmanager
+    def _context(self, mb: TrainBatch, ctx: StepContext, index: int):
+        session = MicrobatchSession(mb.attention_mask_BT, mb.advantages_B, seed=self.setup.seed, step=ctx.step,
+                                    index=index, options=self.options)
+        overrides = {
+            module: linear_forward(module, functools.partial(self._weight_grad, session, name, i))
+            for i, (name, module) in enumerate(self._params.linears.items())
+        }
+        overrides |= self._params.other_overrides(session.adv_B, session.shape[1])
+        try:
+            with overridden_forwards(overrides):
+                yield
+        finally:
+            session.close()
+
+    def _weight_grad(self, session: MicrobatchSession, name: str, index: int, x: torch.Tensor,
+                     grad_out: torch.Tensor) -> torch.Tensor:
+        prefix = self.metric_prefix
+        if not session.open:
+            raise RuntimeError(f"{self.setup.name}: backward through `{name}` ran outside its backward_context")
+        B, T = session.shape
+        if x.dim() != 3 or tuple(x.shape[:2]) != (B, T):
+            raise RuntimeError(
+                f"{self.setup.name}: `{name}` saw input {tuple(x.shape)}, expected (B={B}, T={T}, d): only padded "
+                "(batch, time, features) inputs of the microbatch are supported (no packing)"
+            )
+        dt = stats_dtype(x.dtype)
+        a_model, a = session.masked_input(x, dt)
+        g = grad_out.to(dt)
+        needs = self.needs
+        plan = plan_layer(B, T, x.shape[-1], grad_out.shape[-1], dt, needs.ntk, self.options)
+        layer = LayerStats(name, index, session.adv_B.to(dt), self.options.mode == "faithful", self.ema, self.metrics)
+        G = statistics.compute(layer, session, needs, plan, x, a, g, prefix)
+        w_B = self.sequence_weights(layer)
+        self.metrics.add(f"algo/{prefix}_materialised_frac", torch.tensor(float(G is not None)))
+        with record_function(f"{prefix}/combine"):
+            if G is not None:
+                return K.combine(w_B, a, g, G)
+            return K.combine(w_B, a_model, grad_out, None)
+
+    def finalize_grads(self, model: torch.nn.Module, ctx: StepContext) -> dict[str, float]:
+        self.ema.end_step(ctx.reducer)
+        metrics = self.metrics.pop(ctx.reducer)
+        metrics[f"algo/{self.metric_prefix}_microbatches"] = float(len(ctx.microbatches))
+        if self._params is not None:
+            metrics[f"algo/{self.metric_prefix}_linear_layers"] = float(len(self._params.linears))
+            for p in self._params.frozen_params:
+                p.grad = None
+        return metrics
+
+    def state_dict(self) -> dict:
+        return {"stats": self.ema.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.ema.load_state_dict(state.get("stats", {}))
+
+
+def _names(names: list[str]) -> str:
+    return ", ".join(names[:8]) + (f", ... ({len(names)} in all)" if len(names) > 8 else "")
