@@ -25,6 +25,7 @@ from transformers import Qwen3Config, Qwen3ForCausalLM
 from isopo_bench.batch import BatchTotals, TrainBatch, pad_and_stack, sequence_logprobs
 from isopo_bench.config import AlgorithmConfig
 from isopo_bench.plugin_settings import algorithm_presets, build_algorithm, resolved
+from isopo_bench.plugins import ALGORITHMS
 from isopo_bench.step_driver import accumulate
 
 BASELINE = "reinforce"

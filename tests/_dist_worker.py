@@ -155,7 +155,7 @@ def main(mode: str, out_dir: Path) -> None:
         ref = train(name, data)
         model = tiny_model()
         algo = build(name, world_size=world, mode=mode)
-        dp = DataParallel.setup(model, algo, mode)
+        dp = DataParallel.setup(model, mode)
         run = train(name, data, dp, model, algo)
         results[name] = compare(ref, run, algo, ref[2])
     if mode == "ddp":
@@ -172,7 +172,7 @@ def main(mode: str, out_dir: Path) -> None:
             # Control: EMA statistics left per rank.
             ref = train(name, data)
             model, algo = tiny_model(), build(name, world_size=world)
-            run = train(name, data, DataParallel.setup(model, algo, "ddp"), model, algo, reduce_stats=False)
+            run = train(name, data, DataParallel.setup(model, "ddp"), model, algo, reduce_stats=False)
             results[f"control_unreduced_ema/{name}"] = compare(ref, run, algo, ref[2])
     (out_dir / f"rank{rank}.json").write_text(json.dumps(results, indent=1))
     dist.destroy_process_group()

@@ -15,7 +15,7 @@ MICRO = Shape("micro", 64, 96, 2, 1, 32, 1, 50, 12, 2, microbatches=2, num_probe
 def test_every_algorithm_is_timed_against_reinforce():
     rows = run_overhead([MICRO], repeats=1, warmup=0)
     labels = {r["algorithm"] for r in rows}
-    expected = {label for label, _, _ in variants(ALGORITHMS.names(), faithful=True)}
+    expected = {label for label, _ in variants(ALGORITHMS.names(), faithful=True)}
     assert labels == expected
     assert {"isopo (fast)", "isopo (faithful)", "isopo-interacting (fast)", "isopo-interacting (faithful)"} <= labels
     base = next(r for r in rows if r["algorithm"] == "reinforce")

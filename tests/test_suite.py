@@ -39,16 +39,18 @@ def test_quick_suite_grid():
     suite = get_suite("quick")
     configs = suite.configs()
     assert len(configs) == 5 * 3 * 3 and len({c.config_hash() for c in configs}) == 45
-    assert {c.tracking.suite for c in configs} == {"quick@v1"}
+    assert {c.tracking.suite for c in configs} == {"quick@v2"}
     assert max(suite.lrs) / min(suite.lrs) == pytest.approx(9.0) and suite.warm_start
     assert [c.seed for c in configs[:15]] == [0] * 15  # seed-major: a partial suite has whole seeds
     assert configs[0].task.eval_items >= 500 and configs[0].threads == 1
     for cfg in configs:  # everything but the compared axes is shared
         back = replace(cfg, algorithm=suite.base.algorithm, seed=suite.base.seed,
-                       **{"optim.lr": suite.base.optim.lr, "tracking.run_name": "", "tracking.suite": ""})
+                       **{"optim.lr": suite.base.optim.lr, "tracking.run_name": "", "tracking.suite": "",
+                          "tracking.algorithm_label": ""})
         assert back == suite.base
-    assert get_suite("quick@v1").label == "quick@v1"
-    with pytest.raises(UnknownNameError, match="version 1"):
+    assert get_suite("quick@v2").label == "quick@v2"
+    assert {c.tracking.algorithm_label for c in configs} == set(suite.algorithms)  # the leaderboard's names
+    with pytest.raises(UnknownNameError, match="version 2"):
         get_suite("quick@v7")
 
 
