@@ -30,6 +30,21 @@ def test_control_train_records_a_finished_run(workdir):
     assert row[M.LB_FINAL_ACC] > row[M.LB_INITIAL_ACC]  # two RPO iterations already improve the return
 
 
+@pytest.mark.parametrize("algorithm", ["npg_rank1_model", "isopo-interacting", "grpo"])
+def test_control_train_runs_score_function_plugins(workdir, algorithm):
+    """Every score-function plug-in runs on trajectories through the one step driver (npg_rank1_model's
+    rerun of its Fisher sequence uses the track's log-prob function from the step context)."""
+    from isopo_bench.leaderboard import load_runs
+
+    uri = fresh_mlflow_uri(workdir)
+    rc = cli_main(["control-train", "--algorithm.name", algorithm, "--control.num-envs", "16", "--control.horizon", "10",
+                   "--control.eval-envs", "8", "--optim.steps", "2", "--optim.microbatch-size", "8",
+                   "--tracking.uri", uri, "--tracking.experiment", "ctl-plugins", "--tracking.suite", "plugins@v1"])
+    assert rc == 0
+    runs = load_runs(uri, "ctl-plugins", "plugins@v1")
+    assert list(runs[M.LB_STATUS]) == ["FINISHED"] and runs.iloc[0][M.LB_STEPS] == 2
+
+
 @pytest.mark.parametrize(("flag", "name", "listed"), [("--control.env", "pendulm", "pendulum, point-mass"),
                                                       ("--algorithm.name", "rpoo", "bptt")])
 def test_control_train_unknown_names_are_clear_errors(workdir, capsys, flag, name, listed):

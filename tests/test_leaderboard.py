@@ -152,6 +152,15 @@ def test_leaderboard_matches_hand_computation(store):
         assert got[0] == pytest.approx(statistics.mean(diffs))
 
 
+def test_update_time_ratio_is_against_the_chosen_baseline(store):
+    truth = mlflow_truth(store)
+    update = {a: statistics.median(v["update"] for k, v in truth.items() if k[0] == a) for a in ALGOS}
+    board = lb.leaderboard(lb.load_runs(store, suite="lb-test@v1"), baseline="grpo").set_index(M.LB_ALGORITHM)
+    assert (board[M.LB_BASELINE] == "grpo").all()
+    assert board.loc["reinforce", M.LB_OVERHEAD] == pytest.approx(update["reinforce"] / update["grpo"])
+    assert board.loc["grpo", M.LB_OVERHEAD] == pytest.approx(1.0)
+
+
 def test_leaderboard_cli_exports_csv_and_markdown(store, tmp_path, capsys):
     csv, md = tmp_path / "board.csv", tmp_path / "board.md"
     assert lb.main(["--tracking-uri", store, "--suite", "lb-test@v1", "--csv", str(csv), "--markdown", str(md)]) == 0
