@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 from isopo_bench.errors import ConfigError
 
-AggregationMode = Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm"]
+AggregationMode = Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm", "token-sum"]
 
 
 @dataclass(frozen=True)
