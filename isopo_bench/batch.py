@@ -125,6 +125,12 @@ def position_ids_for(attention_mask_BT: torch.Tensor) -> torch.Tensor:
     return (attention_mask_BT.cumsum(-1) - 1).clamp(min=0)
 
 
+def logprob_temperature(rollout_temperature: float) -> float:
+    """The temperature training log-probs use for rollouts sampled at `rollout_temperature`: the same, except
+    greedy rollouts (0), whose degenerate distribution has no log-probs; they train on the unscaled logits."""
+    return rollout_temperature if rollout_temperature > 0 else 1.0
+
+
 def sequence_logprobs(
     model: torch.nn.Module, batch: TrainBatch, with_entropy: bool = False, temperature: float = 1.0
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from isopo_bench import metric_names as M
 from isopo_bench.algorithm_api import microbatch_backward
-from isopo_bench.batch import BatchTotals, TrainBatch, pad_and_stack, sequence_logprobs
+from isopo_bench.batch import BatchTotals, TrainBatch, logprob_temperature, pad_and_stack, sequence_logprobs
 from isopo_bench.checkpoint import export_model, load_checkpoint, save_checkpoint
 from isopo_bench.config import RunConfig
 from isopo_bench.distributed import (
@@ -256,7 +256,8 @@ class Trainer:
         out = torch.zeros_like(batch.response_mask_BT)
         for rows in self._own_rows(batch):
             mb, cols = batch.select(rows).trimmed()
-            out[rows, cols] = sequence_logprobs(model, mb.to(self.device), temperature=self.cfg.rollout.temperature
+            out[rows, cols] = sequence_logprobs(model, mb.to(self.device),
+                                                temperature=logprob_temperature(self.cfg.rollout.temperature)
                                                 ).to(out.dtype).cpu()
         return out
 

@@ -69,3 +69,9 @@ def test_sampler_vs_trainer_mismatch_at_temperature_07_is_at_the_temperature_1_l
     assert levels[1.0] < 1e-4 and levels[0.7] < 1e-4
     assert levels[0.7] < 10 * max(levels[1.0], 1e-6)
     assert levels["untempered"] > 1e-2  # what a trainer on unscaled logits reported
+
+
+def test_greedy_rollouts_train_on_unscaled_logits():
+    from isopo_bench.batch import logprob_temperature
+
+    assert logprob_temperature(0.0) == 1.0 and logprob_temperature(0.7) == 0.7 and logprob_temperature(1.0) == 1.0
