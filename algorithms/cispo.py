@@ -67,7 +67,7 @@ class Cispo(Algorithm):
         ratio_BT = torch.exp(log_ratio_BT.detach())
         weight_BT = ratio_BT.clamp(1.0 - a.clip_eps_low, 1.0 + a.clip_eps_high)
         per_token_BT = -weight_BT * mb.advantages_B[:, None].to(logp_BT.dtype) * logp_BT
-        loss = aggregate(per_token_BT, mb.response_mask_BT, self.setup.loss_agg, totals)
+        loss = aggregate(per_token_BT, mb, self.setup.loss_agg, totals)
         metrics = ratio_metrics(log_ratio_BT, mb.response_mask_BT)
         metrics[CLIP_FRAC_LOW] = masked_mean(ratio_BT < 1.0 - a.clip_eps_low, mb.response_mask_BT)
         metrics[CLIP_FRAC_HIGH] = masked_mean(ratio_BT > 1.0 + a.clip_eps_high, mb.response_mask_BT)

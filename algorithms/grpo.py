@@ -105,7 +105,7 @@ class Grpo(Algorithm):
         ratio_BT = torch.exp(log_ratio_BT)
         advantages_BT = mb.advantages_B[:, None].to(logp_BT.dtype).expand_as(logp_BT)
         per_token_BT = ppo_dual_clip_losses(ratio_BT, advantages_BT, a.clip_eps_low, a.clip_eps_high, a.dual_clip)
-        loss = aggregate(per_token_BT, mb.response_mask_BT, self.setup.loss_agg, totals)
+        loss = aggregate(per_token_BT, mb, self.setup.loss_agg, totals)
         metrics = ratio_metrics(log_ratio_BT, mb.response_mask_BT)
         metrics |= clip_metrics(
             ratio_BT.detach(), advantages_BT, mb.response_mask_BT, a.clip_eps_low, a.clip_eps_high, a.dual_clip

@@ -93,7 +93,7 @@ class Gspo(Algorithm):
         unclipped_BT = -advantages_BT * ratio_BT
         clipped_BT = -advantages_BT * ratio_BT.clamp(1.0 - a.gspo_clip_eps_low, 1.0 + a.gspo_clip_eps_high)
         per_token_BT = torch.maximum(unclipped_BT, clipped_BT)
-        loss = aggregate(per_token_BT, mask_BT, self.setup.loss_agg, totals)
+        loss = aggregate(per_token_BT, mb, self.setup.loss_agg, totals)
         metrics = self._metrics(log_ratio_BT, seq_log_ratio_B, advantages_BT, mask_BT)
         loss = add_kl_penalty(loss, logp_BT, mb, totals, self.setup, metrics)
         return loss, metrics

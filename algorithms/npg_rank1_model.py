@@ -89,7 +89,7 @@ class NpgRank1Model(Algorithm):
 
     def loss(self, logp_BT: torch.Tensor, mb: TrainBatch, totals: BatchTotals):
         # The main pass is plain REINFORCE: l_t = -A_i logp_t, aggregated over the optimizer batch.
-        loss = aggregate(-mb.advantages_B[:, None] * logp_BT, mb.response_mask_BT, self.setup.loss_agg, totals)
+        loss = aggregate(-mb.advantages_B[:, None] * logp_BT, mb, self.setup.loss_agg, totals)
         metrics: dict[str, float] = {}
         return add_kl_penalty(loss, logp_BT, mb, totals, self.setup, metrics), metrics
 
@@ -123,7 +123,7 @@ class NpgRank1Model(Algorithm):
         row = row.to(params[0].device)
         with torch.enable_grad():
             logp_BT = ctx.logprobs(model, row)
-            loss_j = aggregate(-logp_BT, row.response_mask_BT, self.setup.loss_agg, ctx.totals)
+            loss_j = aggregate(-logp_BT, row, self.setup.loss_agg, ctx.totals)
             return list(torch.autograd.grad(loss_j, params, allow_unused=True, materialize_grads=True))
 
     def state_dict(self) -> dict:

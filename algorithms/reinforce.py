@@ -20,7 +20,7 @@ class Reinforce(Algorithm):
 
     def loss(self, logp_BT, mb: TrainBatch, totals: BatchTotals):
         per_token = -mb.advantages_B[:, None] * logp_BT
-        loss = aggregate(per_token, mb.response_mask_BT, self.setup.loss_agg, totals)
+        loss = aggregate(per_token, mb, self.setup.loss_agg, totals)
         metrics: dict[str, float] = {}
         loss = add_kl_penalty(loss, logp_BT, mb, totals, self.setup, metrics)
         return loss, metrics

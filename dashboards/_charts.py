@@ -18,6 +18,8 @@ LABELS = {
     M.EVAL_ACCURACY: "held-out accuracy (fraction correct, greedy)",
     M.EVAL_ACCURACY_FLEXIBLE: "held-out accuracy, flexible extraction (fraction)",
     M.EVAL_MEAN_LEN: "held-out completion length (tokens)",
+    M.EVAL_PASS_AT_K: "held-out pass@k (sampled, unbiased estimator)",
+    M.EVAL_MEAN_AT_K: "held-out mean@k (sampled accuracy)",
     M.ENTROPY: "policy entropy (nats per token)",
     M.GRAD_NORM: "gradient L2 norm (before clipping)",
     M.GRAD_CLIPPED: "fraction of optimizer steps clipped",

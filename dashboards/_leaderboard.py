@@ -15,7 +15,8 @@ TABLE_COLUMNS = [*lb.GROUP, *lb.DISPLAY_COLUMNS]
 """The CLI's terminal columns, preceded by the group they belong to (the dashboard shows all groups)."""
 FORMATS = {
     **{c: "%.3f" for c in (M.LB_ROBUST_MEAN, M.LB_ROBUST_WORST, M.LB_ACC_MEAN, M.LB_ACC_CI_LO, M.LB_ACC_CI_HI,
-                           M.LB_ACC_AT_BUDGET, M.LB_BEST_ACC_MEAN, M.LB_DIFF_MEAN, M.LB_DIFF_CI_LO, M.LB_DIFF_CI_HI)},
+                           M.LB_ACC_AT_BUDGET, M.LB_BEST_ACC_MEAN, M.LB_DIFF_MEAN, M.LB_DIFF_CI_LO, M.LB_DIFF_CI_HI,
+                           M.LB_PASS_AT_K, M.LB_MEAN_AT_K)},
     M.LB_BEST_LR: "%.2e", M.LB_STEPS_TO_THRESHOLD: "%.1f", M.LB_UPDATE_S: "%.4f", M.LB_STEP_S: "%.4f",
     M.LB_OVERHEAD: "%.2fx",
 }
@@ -28,6 +29,8 @@ HELP = {
     M.LB_UPDATE_S: "median over steps of time/update (s)",
     M.LB_STEP_S: "median over steps of time/step, evaluation excluded (s)",
     M.LB_N_INCOMPLETE: "runs still RUNNING or KILLED: counted, never averaged",
+    M.LB_PASS_AT_K: "final sampled evaluation: pass@k (unbiased estimator, eval.pass_k of eval.samples), mean over seeds at the best lr; blank when eval.samples = 0",
+    M.LB_MEAN_AT_K: "final sampled evaluation: mean reward of the eval.samples samples per item, mean over seeds at the best lr",
 }
 
 

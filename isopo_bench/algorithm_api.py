@@ -89,8 +89,10 @@ class StepContext:
     """Denominators of the whole optimizer batch (the microbatch split never changes a gradient)."""
     reducer: Callable[[torch.Tensor], torch.Tensor] = no_reduction
     """Sums a tensor over data-parallel ranks (identity in one process)."""
-    logprobs: Callable[[torch.nn.Module, TrainBatch], torch.Tensor] = sequence_logprobs
-    """How this track computes a microbatch's token log-probs (an algorithm that reruns a sequence uses it)."""
+    logprobs: Callable[..., torch.Tensor] = sequence_logprobs
+    """How this track computes a microbatch's token log-probs, `logprobs(model, mb)` (an algorithm that reruns
+    a sequence uses it): the text trainer's is sequence_logprobs at the rollout temperature, so the trainer
+    differentiates the distribution that was sampled; the driver also asks it for `with_entropy=True`."""
 
 
 class Algorithm:

@@ -31,6 +31,9 @@ class TrainBatch:
     """The rollout engine's own log-probs of the sampled tokens."""
     group_ids_B: torch.Tensor | None = None
     """Index of the prompt (group) each sequence belongs to."""
+    correction_BT: torch.Tensor | None = None
+    """Detached rollout-correction weights (isopo_bench.rollout_correction) that aggregation multiplies into
+    the per-token loss; None = no correction."""
 
     @property
     def size(self) -> int:
@@ -122,14 +125,24 @@ def position_ids_for(attention_mask_BT: torch.Tensor) -> torch.Tensor:
     return (attention_mask_BT.cumsum(-1) - 1).clamp(min=0)
 
 
+def logprob_temperature(rollout_temperature: float) -> float:
+    """The temperature training log-probs use for rollouts sampled at `rollout_temperature`: the same, except
+    greedy rollouts (0), whose degenerate distribution has no log-probs; they train on the unscaled logits."""
+    return rollout_temperature if rollout_temperature > 0 else 1.0
+
+
 def sequence_logprobs(
-    model: torch.nn.Module, batch: TrainBatch, with_entropy: bool = False
+    model: torch.nn.Module, batch: TrainBatch, with_entropy: bool = False, temperature: float = 1.0
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Per-token log-probs logp_BT of the batch's own tokens under `model` (0 at position 0).
 
-    Half-precision logits are upcast to float32 first, the same way for every algorithm. With
+    `temperature`: log-probs (and entropy) of softmax(logits / temperature), the distribution a sampler at
+    that temperature draws from (as TRL and verl train); 1.0 leaves the logits untouched (bit-identical to
+    no scaling). Half-precision logits are upcast to float32 first, the same way for every algorithm. With
     `with_entropy`, also returns the detached per-token entropy of the predictive distribution.
     """
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
     logits_BTV = model(
         input_ids=batch.input_ids_BT,
         attention_mask=batch.attention_mask_BT,
@@ -138,6 +151,8 @@ def sequence_logprobs(
     ).logits[:, :-1]
     if logits_BTV.dtype in (torch.float16, torch.bfloat16):
         logits_BTV = logits_BTV.float()
+    if temperature != 1.0:
+        logits_BTV = logits_BTV / temperature
     # gather - logsumexp avoids materialising a second B x T x V log-softmax tensor.
     picked = logits_BTV.gather(-1, batch.input_ids_BT[:, 1:, None]).squeeze(-1)
     logp_BT = torch.nn.functional.pad(picked - torch.logsumexp(logits_BTV, dim=-1), (1, 0))

@@ -15,8 +15,9 @@ from typing import Any, Literal
 
 from isopo_bench.errors import ConfigError
 from isopo_bench.model_identity import model_identity
+from isopo_bench.rollout_correction import CorrectionConfig
 
-AggregationMode = Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm"]
+AggregationMode = Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm", "token-sum"]
 
 
 @dataclass(frozen=True)
@@ -101,7 +102,7 @@ class AlgorithmConfig:
     name: str = "reinforce"
     """Registered algorithm (see `isopo-bench list`)."""
     advantage: str = "grpo"
-    """Advantage estimator: `grpo` (z-score), `mean` (Dr.GRPO baseline), `rloo`."""
+    """Advantage estimator: `grpo` (z-score), `mean` (Dr.GRPO baseline), `rloo`, `reinforce++`, `reinforce++-baseline` (`isopo-bench list`)."""
     loss_agg: AggregationMode = "token-mean"
     """Loss aggregation over the optimizer batch."""
     loss_agg_max_len: int = 0
@@ -149,6 +150,11 @@ class EvalConfig:
     """Also evaluate before the first step."""
     max_new_tokens: int = 0
     """Completion budget for evaluation; 0 = rollout.max_new_tokens."""
+    samples: int = 0
+    """Sampled evaluation next to the greedy one: n samples per item at rollout.temperature / top_p, scored
+    as mean@n and pass@k (unbiased estimator); 0 = off."""
+    pass_k: int = 1
+    """k of pass@k (1 <= k <= samples)."""
 
 
 @dataclass(frozen=True)
@@ -193,6 +199,8 @@ class RunConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    correction: CorrectionConfig = field(default_factory=CorrectionConfig)
+    """Rollout correction of the sampler/trainer mismatch (TIS / MIS), for every loss-based algorithm."""
     seed: int = 0
     """Seed for model init, prompt order, sampling and ISOPO probes."""
     threads: int = 0
@@ -212,6 +220,10 @@ class RunConfig:
         from isopo_bench.config_checks import validate_run_config
 
         validate_run_config(self)
+        self.correction.validate()
+        if self.eval.samples and not 1 <= self.eval.pass_k <= self.eval.samples:
+            raise ConfigError("eval.pass_k", f"must be in [1, eval.samples = {self.eval.samples}], got {self.eval.pass_k}",
+                              "set eval.pass_k <= eval.samples")
         return self
 
 
@@ -231,6 +243,12 @@ def experiment_hash(config: dict) -> str:
     parallel = d.pop("parallel", {})
     if parallel.get("world_size", 1) != 1:
         d["parallel"] = {"world_size": parallel["world_size"]}
+    # Settings added later leave the hash of runs that do not use them as it was.
+    if d.get("correction", {}).get("mode", "off") == "off":
+        d.pop("correction", None)
+    if not d.get("eval", {}).get("samples", 0):
+        d.get("eval", {}).pop("samples", None)
+        d.get("eval", {}).pop("pass_k", None)
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
 
 

@@ -22,7 +22,7 @@ GROUP = [M.LB_SUITE, M.LB_TASK, M.LB_MODEL]
 REINFORCE = "reinforce"
 RUN_COLUMNS = [
     M.LB_RUN_ID, M.LB_RUN_NAME, M.LB_STATUS, *GROUP, M.LB_ALGORITHM, M.LB_LR, M.LB_SEED, M.LB_STEPS,
-    M.LB_PLANNED_STEPS, M.LB_FINAL_ACC, M.LB_BEST_ACC, M.LB_INITIAL_ACC, M.LB_ELAPSED, M.LB_UPDATE_S,
+    M.LB_PLANNED_STEPS, M.LB_FINAL_ACC, M.LB_BEST_ACC, M.LB_INITIAL_ACC, M.LB_PASS_AT_K, M.LB_MEAN_AT_K, M.LB_ELAPSED, M.LB_UPDATE_S,
     M.LB_STEP_S, M.LB_EVAL_CURVE, M.LB_COMMIT, M.LB_CONFIG_HASH, M.LB_MACHINE, M.LB_STATUS_DETAIL, M.LB_START_TIME,
 ]
 COUNTS = [M.LB_N_FINISHED, M.LB_N_FAILED, M.LB_N_INCOMPLETE]
@@ -37,12 +37,12 @@ BOARD_COLUMNS = [
     M.LB_SEEDS, M.LB_ACC_MEAN, M.LB_ACC_CI_LO, M.LB_ACC_CI_HI, M.LB_BEST_ACC_MEAN, M.LB_BUDGET_S,
     M.LB_ACC_AT_BUDGET, M.LB_THRESHOLD, M.LB_STEPS_TO_THRESHOLD, M.LB_THRESHOLD_REACHED, M.LB_UPDATE_S,
     M.LB_STEP_S, M.LB_OVERHEAD, M.LB_BASELINE, M.LB_N_PAIRS, M.LB_DIFF_MEAN, M.LB_DIFF_CI_LO, M.LB_DIFF_CI_HI,
-    *PROVENANCE,
+    M.LB_PASS_AT_K, M.LB_MEAN_AT_K, *PROVENANCE,
 ]
 DISPLAY_COLUMNS = [
     M.LB_ALGORITHM, *COUNTS, M.LB_ROBUST_MEAN, M.LB_ROBUST_WORST, M.LB_BEST_LR, M.LB_ACC_MEAN, M.LB_ACC_CI_LO,
-    M.LB_ACC_CI_HI, M.LB_ACC_AT_BUDGET, M.LB_BEST_ACC_MEAN, M.LB_STEPS_TO_THRESHOLD, M.LB_UPDATE_S, M.LB_STEP_S,
-    M.LB_OVERHEAD, M.LB_DIFF_MEAN, M.LB_DIFF_CI_LO, M.LB_DIFF_CI_HI, M.LB_COMMITS,
+    M.LB_ACC_CI_HI, M.LB_ACC_AT_BUDGET, M.LB_BEST_ACC_MEAN, M.LB_PASS_AT_K, M.LB_MEAN_AT_K, M.LB_STEPS_TO_THRESHOLD,
+    M.LB_UPDATE_S, M.LB_STEP_S, M.LB_OVERHEAD, M.LB_DIFF_MEAN, M.LB_DIFF_CI_LO, M.LB_DIFF_CI_HI, M.LB_COMMITS,
 ]
 """The columns printed to the terminal; the CSV and Markdown exports hold all of BOARD_COLUMNS."""
 LR_DISPLAY_COLUMNS = [
@@ -128,6 +128,8 @@ def _run_row(client, run) -> dict:
         M.LB_PLANNED_STEPS: int(params.get("optim.steps", "0")),
         M.LB_FINAL_ACC: metrics.get(M.FINAL_ACCURACY, math.nan), M.LB_BEST_ACC: metrics.get(M.BEST_ACCURACY, math.nan),
         M.LB_INITIAL_ACC: metrics.get(M.INITIAL_ACCURACY, math.nan), M.LB_ELAPSED: max(elapsed.values()),
+        # sampled evaluation (eval.samples > 0): the latest value logged = the final evaluation's; NaN when off
+        M.LB_PASS_AT_K: metrics.get(M.EVAL_PASS_AT_K, math.nan), M.LB_MEAN_AT_K: metrics.get(M.EVAL_MEAN_AT_K, math.nan),
         M.LB_UPDATE_S: _median(hist[M.TIME_UPDATE]), M.LB_STEP_S: _median(hist[M.TIME_STEP]),
         M.LB_EVAL_CURVE: [(s, elapsed.get(s, math.nan), acc) for s, acc in hist[M.EVAL_ACCURACY]],
         M.LB_COMMIT: tags.get(M.TAG_COMMIT, ""), M.LB_CONFIG_HASH: tags.get(M.TAG_CONFIG_HASH, ""),
@@ -271,13 +273,16 @@ def _algorithm_row(g: pd.DataFrame, lr_rows: pd.DataFrame, threshold: float, bas
     if valid.empty:
         return row
     best = valid.loc[valid[M.LB_ACC_MEAN].idxmax()]
-    steps = [steps_to(c, threshold) for c in fin[fin[M.LB_LR] == best[M.LB_LR]][M.LB_EVAL_CURVE]]
+    at_best = fin[fin[M.LB_LR] == best[M.LB_LR]]
+    sampled = {c: at_best[c].mean() if c in at_best and at_best[c].notna().any() else math.nan
+               for c in (M.LB_PASS_AT_K, M.LB_MEAN_AT_K)}  # mean over seeds at the best lr
+    steps = [steps_to(c, threshold) for c in at_best[M.LB_EVAL_CURVE]]
     reached = [s for s in steps if not math.isnan(s)]
     return row | {c: best[c] for c in (M.LB_SEEDS, M.LB_ACC_MEAN, M.LB_ACC_CI_LO, M.LB_ACC_CI_HI, M.LB_BEST_ACC_MEAN,
                                          M.LB_BUDGET_S, M.LB_ACC_AT_BUDGET)} | {
         M.LB_BEST_LR: best[M.LB_LR], M.LB_STEPS_TO_THRESHOLD: float(np.mean(reached)) if reached else math.nan,
         M.LB_THRESHOLD_REACHED: f"{len(reached)}/{len(steps)}",
-    }
+    } | sampled
 
 
 # ------------------------------------------------------------------------------------------------

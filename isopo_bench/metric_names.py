@@ -138,3 +138,23 @@ CONTROL_EVAL_RETURN = "control/eval_return"
 """Mean return on the fixed evaluation initial states and noise (sampled actions)."""
 CONTROL_FINAL_RETURN = "final/return"
 CONTROL_INITIAL_RETURN = "final/initial_return"
+
+# Rollout correction of the sampler/trainer mismatch (isopo_bench.rollout_correction); logged only when
+# `correction.mode` is not `off`. Fractions are of response tokens (token level) or of sequences (sequence level).
+CORRECTION_WEIGHT_MEAN = "correction/weight_mean"
+"""Mean correction weight over response tokens (after truncation / masking)."""
+CORRECTION_RATIO_MEAN = "correction/ratio_mean"
+"""Mean raw importance ratio pi_trainer_old / pi_sampler (token, or the sequence product) before truncation."""
+CORRECTION_RATIO_MAX = "correction/ratio_max"
+CORRECTION_CLIP_FRAC = "correction/clip_frac"
+"""TIS: fraction of tokens / sequences whose ratio exceeded the threshold C and was truncated to C."""
+CORRECTION_MASK_FRAC = "correction/mask_frac"
+"""MIS: fraction of tokens / sequences masked out (ratio outside [1/C, C])."""
+
+# Held-out sampled evaluation (eval.samples > 0): k samples per item at the rollout temperature.
+EVAL_MEAN_AT_K = "eval/mean_at_k"
+"""mean@k: the mean reward of the k samples, averaged over items (the expected single-sample accuracy)."""
+EVAL_PASS_AT_K = "eval/pass_at_k"
+"""pass@k (k = eval.pass_k) by the unbiased estimator 1 - C(n-c, k) / C(n, k) from n = eval.samples samples."""
+LB_PASS_AT_K = "final_pass_at_k"
+LB_MEAN_AT_K = "final_mean_at_k"

@@ -14,7 +14,7 @@ from typing import Callable, ContextManager, Sequence
 import torch
 
 from isopo_bench.algorithm_api import Algorithm, MicrobatchResult, StepContext
-from isopo_bench.batch import TrainBatch, sequence_logprobs
+from isopo_bench.batch import TrainBatch
 
 
 @dataclass
@@ -48,7 +48,7 @@ def microbatch_backward(algorithm: Algorithm, model: torch.nn.Module, work: Micr
     mb = work.mb
     with (work.sync or contextlib.nullcontext()), algorithm.backward_context(model, mb, ctx, work.index):
         if with_entropy:
-            logp_BT, entropy_BT = sequence_logprobs(forward_model, mb, with_entropy=True)
+            logp_BT, entropy_BT = ctx.logprobs(forward_model, mb, with_entropy=True)
         else:
             logp_BT, entropy_BT = ctx.logprobs(forward_model, mb), None
         loss, metrics = algorithm.loss(logp_BT, mb, ctx.totals)

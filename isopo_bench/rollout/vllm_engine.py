@@ -4,8 +4,10 @@ policy's state_dict after every optimizer step.
 
 Parity with the HF engine: prompt-major rows, the EOS that stopped a row is kept, the model's
 generation_config is ignored (EOS = the tokenizer's, sampling settings only from SamplingSettings), and
-the sampler log-probs are vLLM's `raw_logprobs` (log_softmax of the unscaled logits, before temperature
-and top-p), i.e. the same quantity the trainer recomputes at temperature 1.
+the sampler log-probs are vLLM's `processed_logprobs` (log_softmax of logits / temperature, after top-p),
+i.e. the same quantity the trainer recomputes at rollout.temperature (with top_p < 1 vLLM's value is the
+nucleus-renormalised one, which neither the trainer nor the HF engine applies; at temperature 1 and
+top_p 1 it equals the former `raw_logprobs`).
 
 Weight sync: `collective_rpc("reload_weights", weights_iterator=...)` with the full state_dict (tied
 lm_head included) reloads in place through vLLM's checkpoint loaders; the same call works on CPU and on
@@ -174,7 +176,7 @@ def _llm_kwargs(run_config) -> dict:
     v, max_len = run_config.rollout.vllm, _max_model_len(run_config)
     kwargs = dict(
         dtype=_dtype(run_config), max_model_len=max_len, seed=run_config.seed, enforce_eager=v.enforce_eager,
-        tensor_parallel_size=v.tensor_parallel_size, generation_config="vllm", logprobs_mode="raw_logprobs",
+        tensor_parallel_size=v.tensor_parallel_size, generation_config="vllm", logprobs_mode="processed_logprobs",
     )
     if not _on_cpu(run_config):
         if v.kv_cache_bytes:
