@@ -103,7 +103,11 @@ def test_suite_runs_the_plugin_and_the_leaderboard_shows_it(plugin_path, tmp_pat
     out = run(["-m", "isopo_bench.cli", "suite", "smoke", "--algorithms", "reinforce", "sign-reinforce"],
               tmp_path, plugin_path)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    board = run(["-m", "isopo_bench.cli", "leaderboard", "--suite", "smoke@v2", "--format", "csv"], tmp_path, plugin_path)
+    csv = tmp_path / "board.csv"
+    board = run(["-m", "isopo_bench.cli", "leaderboard", "--suite", "smoke@v2", "--csv", str(csv)], tmp_path, plugin_path)
     assert board.returncode == 0, board.stderr
-    rows = [line for line in board.stdout.splitlines() if "sign-reinforce" in line]
-    assert len(rows) == 1, board.stdout
+    import pandas as pd
+
+    table = pd.read_csv(csv)
+    assert set(table["algorithm"]) == {"reinforce", "sign-reinforce"}
+    assert (table["n_finished"] == 2).all()  # both seeds of both methods, on one board
