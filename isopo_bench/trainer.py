@@ -32,6 +32,9 @@ from isopo_bench.distributed import (
 )
 from isopo_bench.errors import NonFiniteError
 from isopo_bench.evaluation import evaluate
+from isopo_bench.finite_guard import check_finite_state
+from isopo_bench.preflight import check_task_data
+from isopo_bench.run_lock import holding_run
 from isopo_bench.models import encode_prompt, load_policy, load_tokenizer, model_source, resolve_device
 from isopo_bench.optim import build_optimizer
 from isopo_bench.parallel_run import RankContext, checksum_spread
@@ -83,6 +86,7 @@ class Trainer:
         self.timer = PhaseTimer(self.device)
         self.eval_items = self.task.eval_items(cfg.task.eval_items)
         self.state = {"step": 0, "elapsed": 0.0, "best_accuracy": None, "initial_accuracy": None, "last_accuracy": None}
+        check_task_data(cfg, self.task, self.tokenizer, self.eval_items)  # data read and checked before the run exists
         # The MLflow run and run folder are created only once everything above loaded, so a bad model id or
         # task setting leaves no half-made run behind.
         self.store = RunStore.open(cfg, resume) if self.ranks.is_main else None
@@ -304,6 +308,7 @@ class Trainer:
             raise NonFiniteError(self._nonfinite_message(step, "gradient norm", norm))
         self.optimizer.step()
         self.scheduler.step()
+        check_finite_state(self.model, self.optimizer, step, self.cfg.optim.lr, self.ranks, self.run_dir)  # finite_guard
         return {M.GRAD_NORM: norm, M.GRAD_CLIPPED: float(norm > max_norm)}
 
     def _nonfinite_message(self, step: int, what: str, value: float) -> str:
@@ -339,4 +344,6 @@ class Trainer:
 
 
 def train(cfg: RunConfig, resume: bool = False) -> RunResult:
-    return Trainer(cfg, resume=resume).run()
+    cfg.validate()  # before the run folder (which holds the lock) is touched
+    with holding_run(cfg):  # one live writer per run folder, from before its MLflow run is looked up (run_lock)
+        return Trainer(cfg, resume=resume).run()
