@@ -145,24 +145,39 @@ def verify_checkpoint(folder: Path) -> None:
     first one that is not."""
     manifest = folder / MANIFEST
     if not manifest.exists():
-        raise CheckpointError(f"the checkpoint in {folder} has no {MANIFEST} (it was written by an older isopo-bench, "
+        raise CheckpointError(f"the checkpoint manifest {manifest} is missing (the checkpoint was written by an older isopo-bench, "
                               f"whose checkpoints cannot be verified or loaded safely, or the file was deleted). "
                               f"Fix: {damaged_fix(folder)}")
     try:
         files = json.loads(manifest.read_text())["files"]
     except (ValueError, KeyError, TypeError, OSError) as exc:
         raise CheckpointError(f"the checkpoint manifest {manifest} is unreadable ({exc}). Fix: {damaged_fix(folder)}") from None
+    signature = []
     for name, entry in files.items():
         path = folder / name
         if not path.is_file():
             raise CheckpointError(f"the checkpoint file {path} is missing. Fix: {damaged_fix(folder)}")
-        size = path.stat().st_size
-        if size != entry["bytes"]:
-            raise CheckpointError(f"the checkpoint file {path} has {size} bytes, {entry['bytes']} were written (truncated "
-                                  f"or overwritten). Fix: {damaged_fix(folder)}")
-        if _sha256(path) != entry["sha256"]:
-            raise CheckpointError(f"the checkpoint file {path} is damaged: its content differs from what was written "
-                                  f"(sha256 mismatch). Fix: {damaged_fix(folder)}")
+        stat = path.stat()
+        if stat.st_size != entry["bytes"]:
+            raise CheckpointError(f"the checkpoint file {path} has {stat.st_size} bytes, {entry['bytes']} were written "
+                                  f"(truncated or overwritten). Fix: {damaged_fix(folder)}")
+        signature.append((name, stat.st_ino, stat.st_size, stat.st_mtime_ns, entry["sha256"]))
+    if _VERIFIED.get(str(folder)) == signature:
+        return  # hashed by this process already (the resume preflight) and not touched since
+    for name, entry in files.items():
+        if _sha256(folder / name) != entry["sha256"]:
+            raise CheckpointError(f"the checkpoint file {folder / name} is damaged: its content differs from what was "
+                                  f"written (sha256 mismatch). Fix: {damaged_fix(folder)}")
+    _VERIFIED[str(folder)] = signature
+
+
+_VERIFIED: dict[str, list] = {}
+
+
+def verify_run_checkpoint(run_dir: Path) -> None:
+    """Before a resume loads anything: the run's checkpoint, when it has one, is complete and undamaged."""
+    if read_trainer_state(run_dir) is not None:
+        verify_checkpoint(run_dir / CHECKPOINT_DIR)
 
 
 def load_checkpoint(run_dir: Path, model, optimizer, scheduler, algorithm, restore_full=None) -> dict:

@@ -15,9 +15,10 @@ import torch
 
 from isopo_bench import __version__
 from isopo_bench import metric_names as M
-from isopo_bench.checkpoint import CHECKPOINT_DIR, read_trainer_state
+from isopo_bench.checkpoint import CHECKPOINT_DIR, read_trainer_state, verify_run_checkpoint
 from isopo_bench.config import RunConfig
 from isopo_bench.errors import IsopoBenchError
+from isopo_bench.run_lock import is_main_rank
 from isopo_bench.store_init import ensure_store, sqlite_path
 from isopo_bench.tracking import RunTracker, check_reachable, flatten, git_commit, resolve_uri
 
@@ -73,6 +74,8 @@ class RunStore:
             )
         if info_path.exists():
             check_run_recorded(json.loads(info_path.read_text()), resolve_uri(cfg.tracking.uri), info_path.parent)
+            if is_main_rank():  # a damaged checkpoint is an error now, before a model loads or the record changes
+                verify_run_checkpoint(info_path.parent)
 
     @classmethod
     def open(cls, cfg: RunConfig, resume: bool) -> "RunStore":
