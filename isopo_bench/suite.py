@@ -93,11 +93,13 @@ def ledger(uri: str, experiment: str, label: str) -> dict[str, str]:
     from mlflow.tracking import MlflowClient
 
     from isopo_bench import metric_names as M
-    from isopo_bench.tracking import resolve_uri
+    from isopo_bench.tracking import check_reachable, resolve_uri
 
     uri = resolve_uri(uri)
     if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():
         return {}  # nothing recorded yet; opening the store would create it (a dry run writes nothing)
+    if uri.startswith(("http://", "https://")):
+        check_reachable(uri)  # seconds, not MLflow's minutes of retries against a server that is not there
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
