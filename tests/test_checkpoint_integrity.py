@@ -163,3 +163,17 @@ def test_checkpoint_from_a_nonfinite_model_is_refused(tmp_path):
     with pytest.raises(NonFiniteError, match="refusing to checkpoint"):
         save_checkpoint(tmp_path, model, None, None, None, {"step": 1})
     assert not (tmp_path / CHECKPOINT_DIR).exists()
+
+
+def test_the_fix_of_a_damaged_checkpoint_works(run_copy, capsys):
+    """Following the error's advice (delete the checkpoint, --resume) retrains in the same MLflow run with
+    no step logged twice."""
+    root, folder = run_copy
+    _zero_64k(folder / CHECKPOINT_DIR / "model.safetensors")
+    assert cli.main(argv(root, "--resume")) == 1
+    shutil.rmtree(folder / CHECKPOINT_DIR)
+    assert cli.main(argv(root, "--resume")) == 0
+    client = MlflowClient(f"sqlite:///{root}/mlflow.db")
+    [run] = client.search_runs([client.get_experiment_by_name("isopo-bench").experiment_id])
+    steps = [m.step for m in client.get_metric_history(run.info.run_id, M.REWARD_MEAN)]
+    assert run.info.status == "FINISHED" and steps == list(range(1, STEPS + 1))

@@ -187,3 +187,20 @@ def test_two_suites_on_one_store_train_each_run_once(workdir):
     for r in runs:
         steps = [m.step for m in client.get_metric_history(r.info.run_id, M.REWARD_MEAN)]
         assert steps == [1, 2, 3, 4], (r.info.run_name, steps)
+
+
+def test_every_backend_skips_a_run_another_process_holds(tmp_path):
+    """Ray tasks and SLURM jobs run suite_backends.execute too: a held run is reported, not trained or marked."""
+    from conftest import smoke_config
+    from isopo_bench.run_store import run_dir_for
+    from isopo_bench.suite_backends import execute
+
+    cfg = smoke_config(tmp_path)
+    lock = RunLock.hold(run_dir_for(cfg))
+    try:
+        outcome = execute(cfg, resume=False)
+    finally:
+        lock.release()
+    assert outcome.status == SKIPPED_LOCKED and f"PID {os.getpid()}" in outcome.error
+    client = MlflowClient(cfg.tracking.uri)
+    assert client.get_experiment_by_name("isopo-bench") is None, "nothing was written to the store"
