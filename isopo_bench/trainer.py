@@ -33,14 +33,14 @@ from isopo_bench.distributed import (
 from isopo_bench.errors import NonFiniteError
 from isopo_bench.evaluation import evaluate
 from isopo_bench.finite_guard import check_finite_state
-from isopo_bench.preflight import check_task_data
-from isopo_bench.run_lock import holding_run
 from isopo_bench.models import encode_prompt, load_policy, load_tokenizer, model_source, resolve_device
 from isopo_bench.optim import build_optimizer
 from isopo_bench.parallel_run import RankContext, checksum_spread
 from isopo_bench.plugins import ADVANTAGES, ALGORITHMS, ENGINES, TASKS
+from isopo_bench.preflight import check_task_data
 from isopo_bench.rollout.api import Rollout, SamplingSettings
 from isopo_bench.rollout.mismatch import mismatch_metrics
+from isopo_bench.run_lock import holding_run
 from isopo_bench.run_store import RunStore, run_dir_for
 from isopo_bench.step_metrics import UpdateMetrics, rollout_metrics
 from isopo_bench.timing import PhaseTimer
