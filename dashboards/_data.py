@@ -25,6 +25,30 @@ TTL_S = 60
 suite of many runs is not re-read from MLflow on every click."""
 # MLflow draws a tqdm bar on the server's terminal for every artifact download; the dashboard reads many.
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+READ_TIMEOUT_S = 20.0
+"""The longest one read of the run table may take; a server that does not answer is an error with the fix,
+never a spinner (MLflow's own HTTP client would retry with back-off for minutes)."""
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(int(READ_TIMEOUT_S)))
+
+
+class StoreTimeout(Exception):
+    pass
+
+
+def bounded(fn, *args, timeout_s: float | None = None):
+    """fn(*args), or StoreTimeout after timeout_s (the read is left to finish in a daemon thread)."""
+    import concurrent.futures as cf
+
+    pool = cf.ThreadPoolExecutor(1, thread_name_prefix="mlflow-read")
+    try:
+        return pool.submit(fn, *args).result(timeout=READ_TIMEOUT_S if timeout_s is None else timeout_s)
+    except cf.TimeoutError:
+        raise StoreTimeout(f"no answer within {READ_TIMEOUT_S if timeout_s is None else timeout_s:.0f} s. Fix: check "
+                           "that the tracking server is running and reachable from here (`mlflow server`), or enter "
+                           "another tracking URI in the sidebar") from None
+    finally:
+        pool.shutdown(wait=False)
 
 
 def tracking_uri() -> str:
@@ -47,7 +71,11 @@ def _client(uri: str):
 
 @st.cache_data(ttl=TTL_S, show_spinner="Reading runs from MLflow")
 def runs(uri: str) -> pd.DataFrame:
-    return lb.load_runs(uri)
+    from isopo_bench.tracking import check_reachable
+
+    if uri.startswith(("http://", "https://")):  # an unreachable server: an error with the fix, in seconds
+        check_reachable(uri, timeout_s=5.0)
+    return bounded(lb.load_runs, uri)
 
 
 @st.cache_data(ttl=TTL_S, show_spinner=False)

@@ -7,6 +7,7 @@ the config field and the fix; checks specific to one algorithm, task or engine a
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from pathlib import Path
 
@@ -52,6 +53,7 @@ def validate_run_config(cfg: RunConfig) -> None:
             raise ConfigError(field_name, str(exc), f"pick one of: {', '.join(registry.names())}{hint}") from None
     algo_cls, task_cls = ALGORITHMS.get(cfg.algorithm.name), TASKS.get(cfg.task.name)
     check_pairing(algo_cls, cfg.algorithm.name, task_cls, cfg.task.name, track="text")
+    check_value_ranges(cfg)  # before the divisibility checks below divide by any of these
     r, o = cfg.rollout, cfg.optim
     _positive("rollout.prompts_per_step", r.prompts_per_step)
     _positive("rollout.samples_per_prompt", r.samples_per_prompt)
@@ -85,8 +87,9 @@ def validate_run_config(cfg: RunConfig) -> None:
             "model.tiny_heads", "tiny head_dim = hidden / heads must be 32 or 64", "e.g. hidden 128 with 4 heads"
         )
     _check_model_paths(cfg.model)
-    if cfg.tracking.checkpoint_every < 0 or cfg.eval.every < 0:
-        raise ConfigError("tracking.checkpoint_every", "must be >= 0", "use 0 to disable")
+    for field_name, value in (("tracking.checkpoint_every", cfg.tracking.checkpoint_every), ("eval.every", cfg.eval.every)):
+        if value < 0:
+            raise ConfigError(field_name, f"must be >= 0, got {value}", "use 0 to disable")
     _check_algorithm_section(cfg)
     algo_cls.validate(run_algorithm_setup(cfg))
     task_cls.validate(dataclasses.replace(cfg.task, settings=task_settings(cfg.task)))
@@ -120,3 +123,78 @@ def _check_parallel(cfg: RunConfig) -> None:
         raise ConfigError("parallel.mode", "fsdp2 with the hf engine would generate with the sharded training model, "
                           "whose every forward is a collective the ranks' unequal generation lengths would deadlock",
                           "use --rollout.engine vllm (its own full copy of the weights), or --parallel.mode ddp")
+
+
+# ------------------------------------------------------------------------------------------------
+# Value ranges of the core settings (a wrong value must be refused, never run as if fine or crash later).
+TRACKING_SCHEMES = ("sqlite", "http", "https", "file", "postgresql", "mysql", "mssql", "databricks")
+
+
+def _finite(field_name: str, value: float, fix: str) -> None:
+    if not math.isfinite(value):
+        raise ConfigError(field_name, f"must be a finite number, got {value}", fix)
+
+
+def _at_least(field_name: str, value: float, low: float, fix: str) -> None:
+    if not value >= low:
+        raise ConfigError(field_name, f"must be >= {low}, got {value}", fix)
+
+
+def check_value_ranges(cfg: RunConfig) -> None:
+    o, r, m = cfg.optim, cfg.rollout, cfg.model
+    _finite("optim.lr", o.lr, "typical values: 1e-6 (0.6B models) to 1e-4 (tiny model)")
+    _positive("optim.minibatches_per_step", o.minibatches_per_step, "use 1 (one optimizer step per rollout batch) "
+              "or a divisor of prompts_per_step * samples_per_prompt")
+    _at_least("optim.warmup_steps", o.warmup_steps, 0, "use 0 for no warmup")
+    _finite("optim.weight_decay", o.weight_decay, "use 0.01, or 0 to disable")
+    _at_least("optim.weight_decay", o.weight_decay, 0, "use 0.01, or 0 to disable")
+    _finite("optim.grad_clip", o.grad_clip, "use 1.0, or 0 to disable clipping")
+    _at_least("optim.grad_clip", o.grad_clip, 0, "use 1.0, or 0 to disable clipping")
+    if len(o.betas) != 2 or not all(math.isfinite(b) and 0 <= b < 1 for b in o.betas):
+        raise ConfigError("optim.betas", f"each must be in [0, 1), got {' '.join(map(str, o.betas))}",
+                          "use the AdamW default --optim.betas 0.9 0.999")
+    _positive("task.eval_items", cfg.task.eval_items, "score at least one held-out item (e.g. 128)")
+    _positive("rollout.generation_batch_size", r.generation_batch_size, "use 64 (sequences generated together)")
+    _positive("rollout.max_prompt_tokens", r.max_prompt_tokens, "use 256 or more")
+    _finite("rollout.temperature", r.temperature, "use 1.0 for training rollouts")
+    _at_least("eval.max_new_tokens", cfg.eval.max_new_tokens, 0, "use 0 to follow rollout.max_new_tokens")
+    _at_least("threads", cfg.threads, 0, "use 0 for torch's default, or the number of CPU cores to use")
+    _at_least("tracking.log_samples", cfg.tracking.log_samples, 0, "use 0 to log no samples")
+    _finite("algorithm.kl_coef", cfg.algorithm.kl_coef, "use 0 to disable the KL penalty")
+    _at_least("algorithm.kl_coef", cfg.algorithm.kl_coef, 0, "use 0 to disable the KL penalty")
+    _at_least("algorithm.loss_agg_max_len", cfg.algorithm.loss_agg_max_len, 0, "use 0 for rollout.max_new_tokens")
+    if m.name_or_path == "tiny":
+        for name in ("tiny_hidden_size", "tiny_layers", "tiny_heads", "tiny_kv_heads", "tiny_intermediate_size"):
+            _positive(f"model.{name}", getattr(m, name), "the tiny model's defaults: hidden 128, 4 layers, 4 heads, "
+                      "2 kv heads, MLP 256")
+        if m.tiny_hidden_size // m.tiny_heads in (32, 64) and m.tiny_heads % m.tiny_kv_heads:  # else: head_dim check
+            raise ConfigError("model.tiny_kv_heads", f"{m.tiny_kv_heads} does not divide tiny_heads {m.tiny_heads}",
+                              "e.g. 4 heads with 2 kv heads")
+    _check_dtype_device(m)
+    _check_tracking_uri(cfg.tracking.uri)
+
+
+def _check_dtype_device(m: ModelConfig) -> None:
+    if m.dtype != "float16":
+        return
+    import torch
+
+    on_cpu = m.device == "cpu" or (m.device == "auto" and not torch.cuda.is_available())
+    if on_cpu:
+        raise ConfigError("model.dtype", "float16 training is not supported on the CPU (it "
+                          "fails in the first training step)",
+                          "use --model.dtype float32 (or bfloat16) on the CPU; float16 only with a CUDA device")
+
+
+def _check_tracking_uri(uri: str) -> None:
+    """Only the store kinds MLflow can open; an unknown scheme would fail deep inside MLflow."""
+    if not uri or "://" not in uri:
+        return  # empty: the default; a plain path: a local file store
+    scheme = uri.split("://", 1)[0].split("+", 1)[0].lower()
+    if scheme not in TRACKING_SCHEMES:
+        raise ConfigError("tracking.uri", f"unknown store scheme `{scheme}://` in `{uri}`",
+                          "use sqlite:///PATH/mlflow.db (the default, sqlite:///mlflow.db), http://HOST:5000 for a "
+                          "tracking server, or leave it empty")
+    if scheme == "sqlite" and not uri.startswith("sqlite:///"):
+        raise ConfigError("tracking.uri", f"`{uri}` is not a file URI (sqlite needs three slashes)",
+                          "write sqlite:///relative/mlflow.db or sqlite:////absolute/mlflow.db")

@@ -65,7 +65,42 @@ def main(argv: list[str] | None = None) -> int:
         env[OVERHEAD_FILE_ENV] = str(Path(args.overhead_file).resolve())
     url = f"http://{args.host}:{args.port}"
     print(f"dashboard for {env['MLFLOW_TRACKING_URI']} at {url}  (Ctrl+C stops it)", flush=True)  # noqa: T201 - CLI
+    return serve(streamlit_command(args.host, args.port), env)
+
+
+STOP_TIMEOUT_S = 10.0
+
+
+def serve(command: list[str], env: dict) -> int:
+    """Run Streamlit as a child and pass SIGTERM / SIGINT on to it, then wait for it to exit (killing it
+    after STOP_TIMEOUT_S), so stopping the launcher never leaves a server holding the port."""
+    import signal
+
+    received: list[int] = []
+    children: list[subprocess.Popen] = []
+
+    def forward(signum, _frame):
+        received.append(signum)
+        if children and children[0].poll() is None:
+            children[0].send_signal(signum)
+
+    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}  # before the child starts
+    child = None
     try:
-        return subprocess.call(streamlit_command(args.host, args.port), env=env)
-    except KeyboardInterrupt:
-        return 0
+        child = subprocess.Popen(command, env=env)
+        children.append(child)
+        if received:  # a signal arrived while it was starting
+            child.send_signal(received[0])
+        while True:
+            try:
+                code = child.wait(timeout=STOP_TIMEOUT_S if received else None)
+                break
+            except subprocess.TimeoutExpired:  # asked to stop but still running
+                child.kill()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if child is not None and child.poll() is None:  # the launcher itself is failing: never orphan the server
+            child.kill()
+            child.wait()
+    return 0 if received else code

@@ -319,6 +319,9 @@ def main(argv: list[str]) -> int:
 
     # The default of isopo_bench.tracking.resolve_uri, spelled here to keep this module's imports minimal.
     uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
+    from isopo_bench.store_init import require_store
+
+    uri = require_store(uri)  # a missing store is an error, never created empty
     runs = load_runs(uri, args.experiment, args.suite)
     board, by_lr = leaderboard(runs, args.baseline, args.threshold), accuracy_vs_lr(runs)
     for suite, part in board.groupby(M.LB_SUITE):

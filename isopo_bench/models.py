@@ -114,7 +114,12 @@ def model_source(cfg: ModelConfig, seed: int) -> str:
 
 
 def load_tokenizer(source: str):
-    tokenizer = AutoTokenizer.from_pretrained(source)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source)
+    except OSError as exc:  # not on the hub, no network, no local copy: one line, not four chained tracebacks
+        raise ConfigError("model.name_or_path", f"cannot load `{source}`: {str(exc).splitlines()[0][:300]}",
+                          "check the hub id; offline, give a local folder written by save_pretrained (or download it "
+                          "once online: the hub cache is reused)") from None
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer

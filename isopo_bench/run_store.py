@@ -15,9 +15,11 @@ import torch
 
 from isopo_bench import __version__
 from isopo_bench import metric_names as M
-from isopo_bench.checkpoint import CHECKPOINT_DIR, read_trainer_state
+from isopo_bench.checkpoint import CHECKPOINT_DIR, read_trainer_state, verify_run_checkpoint
 from isopo_bench.config import RunConfig
 from isopo_bench.errors import IsopoBenchError
+from isopo_bench.run_lock import is_main_rank
+from isopo_bench.store_init import ensure_store, sqlite_path
 from isopo_bench.tracking import RunTracker, check_reachable, flatten, git_commit, resolve_uri
 
 RUN_INFO = "run_info.json"
@@ -31,6 +33,25 @@ def run_dir_for(cfg: RunConfig) -> Path:
 def machine_description() -> str:
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else (platform.processor() or platform.machine())
     return f"{device}; torch threads {torch.get_num_threads()}; {platform.system()}"
+
+
+def check_run_recorded(info: dict, uri: str, folder: Path) -> None:
+    """A run folder to resume must still have its MLflow run in the store (a store can be deleted or the
+    URI changed); checked before anything is loaded, without creating a missing store."""
+    db = sqlite_path(uri)
+    fix = (f"pass --tracking.uri {info.get('tracking_uri', 'URI')} (the store the run was created in), or move "
+           f"{folder} away to start the run again from step 0")
+    if db is not None and not db.is_file():
+        raise IsopoBenchError(f"the run folder {folder} belongs to MLflow run {info.get('run_id')}, but the store "
+                              f"{db} does not exist. Fix: {fix}")
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    try:
+        MlflowClient(uri).get_run(info["run_id"])
+    except MlflowException:
+        raise IsopoBenchError(f"the run folder {folder} belongs to MLflow run {info.get('run_id')}, which is not in "
+                              f"the store {uri}. Fix: {fix}") from None
 
 
 class RunStore:
@@ -51,6 +72,10 @@ class RunStore:
                 f"a run with this configuration already exists in {info_path.parent} (MLflow run {info['run_id']}). "
                 "Fix: pass --resume to continue it, or set --tracking.output-dir to start a separate copy"
             )
+        if info_path.exists():
+            check_run_recorded(json.loads(info_path.read_text()), resolve_uri(cfg.tracking.uri), info_path.parent)
+            if is_main_rank():  # a damaged checkpoint is an error now, before a model loads or the record changes
+                verify_run_checkpoint(info_path.parent)
 
     @classmethod
     def open(cls, cfg: RunConfig, resume: bool) -> "RunStore":
@@ -59,6 +84,7 @@ class RunStore:
         run_dir = run_dir_for(cfg)
         info_path = run_dir / RUN_INFO
         run_name = cfg.tracking.run_name or f"{cfg.algorithm.name}-{cfg.task.name}-s{cfg.seed}"
+        ensure_store(uri, cfg.tracking.experiment)  # one initialiser of a new store (isopo_bench.store_init)
         if info_path.exists():
             info = json.loads(info_path.read_text())
             tracker = RunTracker(uri, cfg.tracking.experiment, run_name, run_id=info["run_id"])
@@ -105,4 +131,5 @@ class RunStore:
         self.tracker.log_metrics({k: v for k, v in summary.items() if k.startswith("final/") and v is not None}, state["step"])
         self.tracker.log_dict(summary, "summary.json")
         (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+        self.tracker.clear_tag(M.TAG_STATUS_DETAIL)  # an earlier failure's explanation no longer applies
         self.tracker.finish("FINISHED")

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from isopo_bench.config import RunConfig, replace
 from isopo_bench.errors import IsopoBenchError
-from isopo_bench.suite_backends import BACKENDS, Outcome, check_backend, run_backend
+from isopo_bench.suite_backends import BACKENDS, Outcome, check_backend, check_workers, run_backend
 from isopo_bench.suites import SUITES, Suite, estimate_lines, get_suite, param_count
 
 log = logging.getLogger(__name__)
@@ -93,11 +93,13 @@ def ledger(uri: str, experiment: str, label: str) -> dict[str, str]:
     from mlflow.tracking import MlflowClient
 
     from isopo_bench import metric_names as M
-    from isopo_bench.tracking import resolve_uri
+    from isopo_bench.tracking import check_reachable, resolve_uri
 
     uri = resolve_uri(uri)
     if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():
         return {}  # nothing recorded yet; opening the store would create it (a dry run writes nothing)
+    if uri.startswith(("http://", "https://")):
+        check_reachable(uri)  # seconds, not MLflow's minutes of retries against a server that is not there
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
@@ -117,15 +119,9 @@ def ledger(uri: str, experiment: str, label: str) -> dict[str, str]:
 def prepare_store(uri: str, experiment: str) -> None:
     """Create the store and the experiment once, here: workers creating a new SQLite store concurrently
     race on its schema migration."""
-    from mlflow.tracking import MlflowClient
+    from isopo_bench.store_init import ensure_store
 
-    from isopo_bench.tracking import check_reachable, resolve_uri
-
-    uri = resolve_uri(uri)
-    check_reachable(uri)
-    client = MlflowClient(uri)
-    if client.get_experiment_by_name(experiment) is None:
-        client.create_experiment(experiment)
+    ensure_store(uri, experiment)  # under a lock beside the database: other suites and trains may start too
 
 
 def plan(configs: list[RunConfig], statuses: dict[str, str], retry_failed: bool) -> tuple[list, list[Outcome]]:
@@ -209,6 +205,7 @@ def print_report(suite: Suite, options: SuiteOptions, outcomes: list[Outcome], s
     print(f"\nsuite {suite.label}: {len(outcomes)} runs, {len(failed)} failed; wall time {_hms(seconds)}")
     for o in failed:
         print(f"  FAILED {o.cfg.tracking.run_name} ({o.cfg.config_hash()}): {o.error or 'failed in an earlier session'}")
+    print_held_elsewhere(outcomes)
     uri = resolve_uri(options.tracking_uri)
     runs = lb.load_runs(uri, options.experiment, suite=suite.label)
     by_lr, board = lb.accuracy_vs_lr(runs), lb.leaderboard(runs)
@@ -222,6 +219,18 @@ def print_report(suite: Suite, options: SuiteOptions, outcomes: list[Outcome], s
     print(f"\nwritten: {out / f'leaderboard-{suite.label}.csv'} and .md")
     print(f"dashboard: MLFLOW_TRACKING_URI={uri} isopo-bench dashboard")
     return 1 if failed else 0
+
+
+def print_held_elsewhere(outcomes: list[Outcome]) -> None:
+    """Runs another live process was training: skipped here, neither run twice nor marked FAILED."""
+    from isopo_bench.suite_backends import SKIPPED_LOCKED
+
+    held = [o for o in outcomes if o.status == SKIPPED_LOCKED]
+    for o in held:
+        print(f"  IN PROGRESS ELSEWHERE {o.cfg.tracking.run_name} ({o.cfg.config_hash()}): {o.error.split(';')[0]}")
+    if held:
+        print(f"  {len(held)} run(s) skipped: another process is training them. Run the same command again after "
+              "it ends to include their results")
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -266,6 +275,7 @@ def main(argv: list[str]) -> int:
         cpus_per_run=args.cpus_per_run, gpus_per_run=args.gpus_per_run, slurm_partition=args.slurm_partition,
         slurm_time_min=args.slurm_time_min, slurm_mem_gb=args.slurm_mem_gb, slurm_folder=args.slurm_folder,
         slurm_cluster=args.slurm_cluster)
+    check_workers(options)
     if args.dry_run:
         return dry_run(suite, options)
     start = time.perf_counter()

@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from isopo_bench.config import RunConfig, replace
-from isopo_bench.errors import IsopoBenchError
+from isopo_bench.errors import ConfigError, IsopoBenchError
 
 if TYPE_CHECKING:
     from isopo_bench.suite import SuiteOptions
@@ -51,6 +51,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 BACKENDS = ("local", "ray", "slurm")
+SKIPPED_LOCKED = "SKIPPED-LOCKED"
 CLUSTER_PINS = "ray[default]==2.60.0 and submitit==1.5.4"
 PIP_FIX = f"pip install 'isopo-bench[cluster]' (pins {CLUSTER_PINS})"
 BACKEND_PACKAGE = {"ray": "ray", "slurm": "submitit"}
@@ -69,7 +70,8 @@ FORWARDED_ENV_PREFIXES = ("ISOPO_BENCH_", "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE
 class Outcome:
     cfg: RunConfig
     status: str
-    """FINISHED, FAILED, or SKIPPED-FINISHED / SKIPPED-FAILED for runs the ledger already held."""
+    """FINISHED, FAILED, SKIPPED-FINISHED / SKIPPED-FAILED for runs the ledger already held, or SKIPPED-LOCKED
+    for a run another live process is training (isopo_bench.run_lock)."""
     seconds: float = 0.0
     accuracy: float | None = None
     error: str = ""
@@ -88,6 +90,7 @@ def check_backend(options: SuiteOptions) -> None:
     if package and importlib.util.find_spec(package) is None:
         raise IsopoBenchError(f"--backend {backend} needs the `{package}` package, which is not installed. "
                               f"Fix: {PIP_FIX}")
+    check_workers(options)
     if options.cpus_per_run <= 0 or options.gpus_per_run < 0:
         raise IsopoBenchError("--cpus-per-run must be > 0 and --gpus-per-run >= 0")
     uri = resolve_uri(options.tracking_uri)
@@ -105,6 +108,12 @@ def check_backend(options: SuiteOptions) -> None:
                                   "login node, or pass --slurm-cluster local to run the jobs as local processes")
         if options.gpus_per_run != int(options.gpus_per_run) or options.cpus_per_run != int(options.cpus_per_run):
             raise IsopoBenchError("--backend slurm needs whole numbers for --cpus-per-run and --gpus-per-run")
+
+
+def check_workers(options: SuiteOptions) -> None:
+    if options.workers < 1:
+        raise ConfigError("suite --workers", f"must be >= 1, got {options.workers}", "use 1 (runs one after another) "
+                          "or the number of runs to train at once")
 
 
 def run_backend(todo: list[tuple[RunConfig, bool]], options: SuiteOptions) -> Iterator[Outcome]:
@@ -137,9 +146,16 @@ def execute(cfg: RunConfig, resume: bool) -> Outcome:
     """Train one run; any exception becomes a FAILED outcome (and a FAILED MLflow record)."""
     from isopo_bench.trainer import train
 
+    from isopo_bench.run_lock import RunLockedError
+
     start = time.perf_counter()
+    settled = _settled_since_planned(cfg, resume)
+    if settled:  # another invocation finished it after this one read the ledger
+        return Outcome(cfg, f"SKIPPED-{settled}")
     try:
-        result = train(cfg, resume=resume)
+        result = train(cfg, resume=resume or _started_since_planned(cfg))
+    except RunLockedError as exc:  # another process is training it: not ours to run or to mark
+        return Outcome(cfg, SKIPPED_LOCKED, time.perf_counter() - start, error=str(exc))
     except Exception as exc:  # noqa: BLE001 - one bad run must not stop the suite
         message = f"{type(exc).__name__}: {exc}"
         _mark_failed(cfg, message)
@@ -155,14 +171,51 @@ def _mark_failed(cfg: RunConfig, message: str) -> None:
     from isopo_bench import metric_names as M
     from isopo_bench.run_store import RUN_INFO, run_dir_for
 
+    from mlflow.exceptions import MlflowException
+
+    from isopo_bench.run_lock import RunLock
+
     info = run_dir_for(cfg) / RUN_INFO
     if not info.exists():
         return
-    data = json.loads(info.read_text())
-    client = MlflowClient(data["tracking_uri"])
-    if client.get_run(data["run_id"]).info.status == "RUNNING":
-        client.set_tag(data["run_id"], M.TAG_STATUS_DETAIL, message[:4000])
-        client.set_terminated(data["run_id"], "FAILED")
+    lock = RunLock.try_hold(info.parent, create=False)
+    if lock is None:  # another live process holds the run: its record is not this suite's to close
+        return
+    try:
+        data = json.loads(info.read_text())
+        client = MlflowClient(data["tracking_uri"])
+        if client.get_run(data["run_id"]).info.status == "RUNNING":
+            client.set_tag(data["run_id"], M.TAG_STATUS_DETAIL, message[:4000])
+            client.set_terminated(data["run_id"], "FAILED")
+    except (MlflowException, OSError, ValueError, KeyError):
+        pass  # its store is gone or unreadable: the outcome still reports the failure
+    finally:
+        lock.release()
+
+
+def _started_since_planned(cfg: RunConfig) -> bool:
+    """The run folder exists now (another invocation started the run after the ledger was read)."""
+    from isopo_bench.run_store import RUN_INFO, run_dir_for
+
+    return (run_dir_for(cfg) / RUN_INFO).exists()
+
+
+def _settled_since_planned(cfg: RunConfig, resume: bool) -> str | None:
+    """FINISHED when the run planned as new was finished meanwhile by another invocation on the same store."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    from isopo_bench.run_store import RUN_INFO, run_dir_for
+
+    info = run_dir_for(cfg) / RUN_INFO
+    if resume or not info.exists():
+        return None
+    try:
+        data = json.loads(info.read_text())
+        status = MlflowClient(data["tracking_uri"]).get_run(data["run_id"]).info.status
+    except (MlflowException, OSError, ValueError, KeyError):
+        return None
+    return "FINISHED" if status == "FINISHED" else None
 
 
 def _quiet_worker(threads: int) -> None:

@@ -39,9 +39,36 @@ def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
                 "--tracking.uri / MLFLOW_TRACKING_URI, or unset them to use the local sqlite:///mlflow.db store"
             ) from None
     elif uri.startswith("sqlite:///"):
-        folder = Path(uri[len("sqlite:///") :]).resolve().parent
-        if not os.access(folder, os.W_OK):
-            raise TrackingError(f"MLflow store folder {folder} is not writable. Fix: choose another --tracking.uri")
+        check_sqlite_writable(Path(uri[len("sqlite:///") :]).expanduser().resolve())
+
+
+SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+def check_sqlite_writable(db: Path) -> None:
+    """A real write in the store's folder (os.access says yes to root on read-only mounts) and, for an
+    existing file, a writable SQLite database: MLflow would otherwise retry for minutes."""
+    import tempfile
+
+    fix = "choose another --tracking.uri (e.g. sqlite:///mlflow.db in a folder you can write)"
+    folder = db.parent
+    if not folder.is_dir():
+        raise TrackingError(f"MLflow store folder {folder} does not exist. Fix: create it or {fix}")
+    try:
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".isopo-write-test-"):
+            pass
+    except OSError as exc:
+        raise TrackingError(f"MLflow store folder {folder} is not writable ({exc.strerror}). Fix: {fix}") from None
+    if db.exists():
+        if not db.is_file():
+            raise TrackingError(f"MLflow store {db} is not a file. Fix: {fix}")
+        try:
+            with open(db, "r+b") as fh:
+                header = fh.read(len(SQLITE_HEADER))
+        except OSError as exc:
+            raise TrackingError(f"MLflow store {db} cannot be opened for writing ({exc.strerror}). Fix: {fix}") from None
+        if header and header != SQLITE_HEADER:
+            raise TrackingError(f"{db} is not an SQLite database. Fix: {fix}")
 
 
 def git_commit() -> str:
@@ -116,6 +143,10 @@ class RunTracker:
 
     def log_dict(self, data, artifact_file: str) -> None:
         self.client.log_dict(self.run_id, data, artifact_file)
+
+    def clear_tag(self, key: str) -> None:
+        if key in self.client.get_run(self.run_id).data.tags:
+            self.client.delete_tag(self.run_id, key)
 
     def finish(self, status: str) -> None:
         self.client.set_terminated(self.run_id, status=status)

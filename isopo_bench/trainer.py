@@ -32,14 +32,17 @@ from isopo_bench.distributed import (
 )
 from isopo_bench.errors import NonFiniteError
 from isopo_bench.evaluation import evaluate
+from isopo_bench.finite_guard import check_finite_state
 from isopo_bench.models import encode_prompt, load_policy, load_tokenizer, model_source, resolve_device
 from isopo_bench.optim import build_optimizer
 from isopo_bench.parallel_run import RankContext, checksum_spread
 from isopo_bench.plugin_settings import resolved_run, run_algorithm_setup
 from isopo_bench.plugins import ADVANTAGES, ALGORITHMS, ENGINES, TASKS
+from isopo_bench.preflight import check_task_data
 from isopo_bench.rollout.api import Rollout, SamplingSettings
 from isopo_bench.rollout.mismatch import mismatch_metrics
 from isopo_bench.rollout_correction import correction_weights
+from isopo_bench.run_lock import holding_run
 from isopo_bench.run_store import RunStore, run_dir_for
 from isopo_bench.step_driver import MicrobatchWork, step_gradients
 from isopo_bench.step_metrics import UpdateMetrics, rollout_metrics
@@ -86,6 +89,7 @@ class Trainer:
         self.timer = PhaseTimer(self.device)
         self.eval_items = self.task.eval_items(cfg.task.eval_items)
         self.state = {"step": 0, "elapsed": 0.0, "best_accuracy": None, "initial_accuracy": None, "last_accuracy": None}
+        check_task_data(cfg, self.task, self.tokenizer, self.eval_items)  # data read and checked before the run exists
         # The MLflow run and run folder are created only once everything above loaded, so a bad model id or
         # task setting leaves no half-made run behind.
         self.store = RunStore.open(cfg, resume) if self.ranks.is_main else None
@@ -327,6 +331,7 @@ class Trainer:
             raise NonFiniteError(self._nonfinite_message(step, "gradient norm", norm))
         self.optimizer.step()
         self.scheduler.step()
+        check_finite_state(self.model, self.optimizer, step, self.cfg.optim.lr, self.ranks, self.run_dir)  # finite_guard
         return {M.GRAD_NORM: norm, M.GRAD_CLIPPED: float(norm > max_norm)}
 
     def _nonfinite_message(self, step: int, what: str, value: float) -> str:
@@ -365,4 +370,6 @@ class Trainer:
 
 
 def train(cfg: RunConfig, resume: bool = False) -> RunResult:
-    return Trainer(cfg, resume=resume).run()
+    cfg.validate()  # before the run folder (which holds the lock) is touched
+    with holding_run(cfg):  # one live writer per run folder, from before its MLflow run is looked up (run_lock)
+        return Trainer(cfg, resume=resume).run()

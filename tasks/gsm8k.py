@@ -65,8 +65,13 @@ def parse_row(obj: object, where: str) -> TaskItem:
 def _load_jsonl(path: str, mtime_ns: int) -> tuple[TaskItem, ...]:
     # mtime is part of the cache key so an edited file is re-read.
     items = []
-    with open(path, encoding="utf-8") as fh:
-        for line_no, line in enumerate(fh, 1):
+    with open(path, "rb") as fh:
+        for line_no, raw in enumerate(fh, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                raise DataError(f"{path}:{line_no}: not UTF-8 text (a binary file?). Fix: point task.data_dir at "
+                                "JSON-lines files, one {\"question\", \"answer\"} object per line") from None
             if not line.strip():
                 continue
             try:
@@ -74,6 +79,9 @@ def _load_jsonl(path: str, mtime_ns: int) -> tuple[TaskItem, ...]:
             except json.JSONDecodeError as exc:
                 raise DataError(f"{path}:{line_no}: invalid JSON ({exc.msg})") from None
             items.append(parse_row(obj, f"{path}:{line_no}"))
+    if not items:
+        raise DataError(f"{path}: no rows. Fix: give a JSON-lines file with one {{\"question\", \"answer\"}} object "
+                        "per line (task.data_dir)")
     return tuple(items)
 
 
@@ -86,7 +94,15 @@ def _load_hub(split: str) -> tuple[TaskItem, ...]:
             "task.data_dir", "no GSM8K folder given and the `datasets` package is not installed",
             f"set task.data_dir or ${ENV_VAR} to a folder with train.jsonl/test.jsonl, or `pip install datasets`",
         ) from None
-    rows = datasets.load_dataset(HUB_ID, HUB_CONFIG, split=split)
+    try:
+        rows = datasets.load_dataset(HUB_ID, HUB_CONFIG, split=split)
+    except Exception as exc:  # noqa: BLE001 - offline, hub down, no cache: datasets raises many kinds
+        raise ConfigError(
+            "task.data_dir", f"no GSM8K folder given and the hub dataset {HUB_ID} could not be loaded "
+            f"({type(exc).__name__}: {str(exc)[:200]})",
+            f"set task.data_dir or ${ENV_VAR} to a folder with train.jsonl/test.jsonl (offline machines), or go "
+            "online once so the datasets cache holds it",
+        ) from None
     return tuple(parse_row(dict(row), f"{HUB_ID}[{split}][{i}]") for i, row in enumerate(rows))
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import torch
 
 from isopo_bench.plugins import ENGINES
+from isopo_bench.finite_guard import sampling_error
 from isopo_bench.rollout.api import Rollout, SamplingSettings
 
 
@@ -16,6 +17,7 @@ class HFEngine:
         self.tokenizer = tokenizer
         self.policy = policy
         self.batch_size = cfg.rollout.generation_batch_size
+        self.lr = cfg.optim.lr
 
     def sync_weights(self, model: torch.nn.Module) -> None:
         """Generation runs on the policy module itself: nothing to copy."""
@@ -33,7 +35,12 @@ class HFEngine:
             with torch.random.fork_rng(devices=self._rng_devices()):
                 torch.manual_seed(sampling.seed)
                 for start in range(0, len(rows), self.batch_size):
-                    self._generate_chunk(rows[start : start + self.batch_size], sampling, out)
+                    try:
+                        self._generate_chunk(rows[start : start + self.batch_size], sampling, out)
+                    except RuntimeError as exc:  # inf/nan probabilities: the project's error, not a traceback
+                        if sampling_error(exc, self.lr) is None:
+                            raise
+                        raise sampling_error(exc, self.lr) from None
         finally:
             self.policy.train(was_training)
         return out
