@@ -251,3 +251,52 @@ def shape_floor(shape, algo, mbs, dt: torch.dtype = torch.float32) -> Floor:
     row_T = int(mb.attention_mask_BT[j].sum())  # the drawn row trimmed (right padding)
     return floor_for(algo, shape_linears(shape), shape.heads, shape.head_dim, shape.layers, microbatch_shapes(mbs),
                      dt, row_T)
+
+
+def floor_columns(shape, algo, mbs, dtype: torch.dtype = torch.float32) -> dict:
+    """The overhead benchmark's floor columns for one (shape, algorithm variant) row."""
+    from isopo_bench.layerwise.session import stats_dtype
+
+    f = shape_floor(shape, algo, mbs, stats_dtype(dtype))
+    return {"floor": f.ratio, "extra_gflop": f.extra_flops / 1e9, "base_gflop": f.base_flops / 1e9,
+            "probes_used": f.probes, "state_mib": f.state_bytes / 2**20, "floor_note": f.note}
+
+
+# ------------------------------------------------------------------------------------------------
+# Training runs: the floor of each rollout batch's update, from the model itself (logged by the trainer).
+_SHARED_INPUTS = {"q_proj": "attn_in", "k_proj": "attn_in", "v_proj": "attn_in", "gate_proj": "mlp_in",
+                  "up_proj": "mlp_in"}
+
+
+def model_linears(model: torch.nn.Module) -> list[LinearSpec]:
+    """Every nn.Linear of `model` in module order; q/k/v and gate/up of one block share their input."""
+    out = []
+    for name, m in model.named_modules():
+        if isinstance(m, torch.nn.Linear):
+            parent, _, leaf = name.rpartition(".")
+            block = parent.rpartition(".")[0] if leaf in _SHARED_INPUTS else parent
+            out.append(LinearSpec(name, m.in_features, m.out_features, f"{block}/{_SHARED_INPUTS.get(leaf, leaf)}"))
+    return out
+
+
+def model_attention(model: torch.nn.Module) -> tuple[int, int, int]:
+    """(query heads, head_dim, layers) from an HF config; (0, 0, 0) when the config does not say."""
+    cfg = getattr(model, "config", None)
+    heads = getattr(cfg, "num_attention_heads", 0) or 0
+    layers = getattr(cfg, "num_hidden_layers", 0) or 0
+    head_dim = getattr(cfg, "head_dim", None) or (getattr(cfg, "hidden_size", 0) // heads if heads else 0)
+    return heads, head_dim, layers
+
+
+def update_floor(algo, model: torch.nn.Module, minibatches: list[list]) -> float:
+    """The FLOP-floor ratio of one rollout batch's update (every optimizer step's microbatches, as
+    TrainBatches), for `algo` on `model`; 1.0 for algorithms with no extra work."""
+    linears = model_linears(model)
+    heads, head_dim, layers = model_attention(model)
+    base = extra = 0.0
+    for mbs in minibatches:
+        shapes = microbatch_shapes(mbs)
+        row_T = max(s.T for s in shapes)
+        f = floor_for(algo, linears, heads, head_dim, layers, shapes, model_row_T=row_T)
+        base, extra = base + f.base_flops, extra + f.extra_flops
+    return (base + extra) / base if base else 1.0

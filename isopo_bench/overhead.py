@@ -26,6 +26,7 @@ from isopo_bench.batch import BatchTotals, TrainBatch, pad_and_stack, sequence_l
 from isopo_bench.config import AlgorithmConfig
 from isopo_bench.plugin_settings import algorithm_presets, build_algorithm, resolved
 from isopo_bench.plugins import ALGORITHMS
+from isopo_bench.flop_floor import floor_columns
 from isopo_bench.step_driver import accumulate
 
 BASELINE = "reinforce"
@@ -182,7 +183,8 @@ def bench_shape(shape: Shape, labels, repeats: int, warmup: int, device, dtype) 
     return [
         {"shape": shape.name, "T": shape.seq_len, "B": shape.microbatch, "hidden": shape.hidden,
          "probes": shape.num_probes, "algorithm": label, "median_s": statistics.median(t),
-         "min_s": min(t), "ratio": statistics.median(t) / base, "ratio_min": min(t) / base_min}
+         "min_s": min(t), "ratio": statistics.median(t) / base, "ratio_min": min(t) / base_min,
+         **floor_columns(shape, algos[label], mbs, dtype)}
         for label, t in times.items()
     ]
 
@@ -232,11 +234,13 @@ def run_overhead(
 
 
 def markdown_table(rows: list[dict]) -> str:
-    lines = ["| shape | T | B | hidden | probes | algorithm | median s/step | ratio vs REINFORCE | ratio of minima |",
-             "|---|---:|---:|---:|---:|---|---:|---:|---:|"]
+    lines = ["| shape | T | B | hidden | probes | algorithm | median s/step | ratio vs REINFORCE | ratio of minima "
+             "| FLOP floor | measured / floor | S used | per-seq state MiB |",
+             "|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         lines.append(f"| {r['shape']} | {r['T']} | {r['B']} | {r['hidden']} | {r['probes']} | {r['algorithm']} "
-                     f"| {r['median_s']:.3f} | {r['ratio']:.3f} | {r['ratio_min']:.3f} |")
+                     f"| {r['median_s']:.3f} | {r['ratio']:.3f} | {r['ratio_min']:.3f} "
+                     f"| {r['floor']:.3f} | {r['ratio'] / r['floor']:.3f} | {r['probes_used']} | {r['state_mib']:.1f} |")
     return "\n".join(lines)
 
 
