@@ -256,9 +256,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (0 = torch's default)")
     parser.add_argument("--breakdown", action="store_true", help="also profile the first shape's ISOPO steps")
     parser.add_argument("--out", default="", help="also write the rows as CSV (the dashboard's --overhead-file)")
+    parser.add_argument("--memory", action="store_true", help="peak memory of one update step at the paper's "
+                        "vocabulary and width, full logits vs the chunked head (isopo_bench.overhead_modes)")
+    parser.add_argument("--memory-layers", type=int, default=2, help="--memory: model depth")
+    parser.add_argument("--per-rollout", action="store_true", help="time each algorithm's work per rollout batch "
+                        "(pi_old forward + minibatch steps where it needs pi_old) instead of per optimizer step")
+    parser.add_argument("--minibatches", type=int, default=2, help="--per-rollout: optimizer steps per rollout "
+                        "batch of the algorithms that need pi_old")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.memory or args.per_rollout:
+        return _other_mode(args)
     rows, shapes = [], []
     for suite in args.suite:
         make_shapes, algorithms, faithful = SUITES[suite]
@@ -278,6 +287,25 @@ def main(argv: list[str] | None = None) -> int:
         print("\n| algorithm | op | seconds | REINFORCE seconds |\n|---|---|---:|---:|")  # noqa: T201
         for r in detail:
             print(f"| {r['algorithm']} | {r['op']} | {r['seconds']:.3f} | {r['reinforce_seconds']:.3f} |")  # noqa: T201
+    return 0
+
+
+def _other_mode(args) -> int:
+    from isopo_bench import overhead_modes as OM
+
+    if args.memory:
+        shape = dataclasses.replace(OM.MEMORY_SHAPE, layers=args.memory_layers)
+        rows = OM.run_memory(shape, args.algorithms or ["reinforce"], args.device, args.dtype, args.threads)
+        print(OM.memory_table(rows))  # noqa: T201
+    else:
+        shapes = [s for suite in args.suite for s in SUITES[suite][0]()]
+        rows = OM.run_per_rollout(shapes, args.algorithms, args.repeats, args.warmup, args.minibatches,
+                                  args.device, args.dtype)
+        print(OM.per_rollout_table(rows))  # noqa: T201
+    if args.out:
+        import pandas as pd
+
+        pd.DataFrame(rows).to_csv(args.out, index=False)
     return 0
 
 

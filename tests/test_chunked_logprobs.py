@@ -93,3 +93,11 @@ def test_bfloat16_close_to_full():
     (lp_f, _), (lp_c, _) = both(model, mb, C.CHUNK_BUDGET_MB)
     mask = mb.response_mask_BT.bool()
     torch.testing.assert_close(lp_c[mask], lp_f[mask], rtol=0, atol=0)  # same bf16 logits, same float32 reduction
+
+
+def test_hooked_head_keeps_the_full_path():
+    model = tiny(torch.float32, True)
+    handle = model.lm_head.register_forward_hook(lambda m, i, o: None)
+    assert not C.applies(model)
+    handle.remove()
+    assert C.applies(model)
