@@ -141,8 +141,10 @@ def layerwise_extra(linears: list[LinearSpec], needs: Needs, opts: EngineOptions
     for s in linears:
         D = s.d_in * s.d_out
         plan = plan_layer(B, T, s.d_in, s.d_out, dt, needs.ntk, opts)
-        c.add_plan(plan)
         keeps_G = plan == "materialise" and (needs.euclid_norms or needs.ntk or needs.ntk_row or faithful)
+        # The form actually run: G_i kept, G_i by chunks (norms and NTK only), or token products.
+        c.add_plan("materialise" if keeps_G else
+                   "chunked" if plan == "chunked" and (needs.euclid_norms or needs.ntk) else "token products")
         mm = ew = 0.0
         if keeps_G:
             mm += 2 * B * D  # combine: sum_i w_i G_i (the bmm forming G_i replaces the weight gradient)
