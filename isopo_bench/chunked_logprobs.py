@@ -12,8 +12,8 @@ accumulated over chunks in float32 (a bfloat16 running sum would lose bits autog
 
 Where it applies (`applies`): a plain HF causal LM whose output embedding is an nn.Linear with no instance
 `forward` override (the layer-wise engine overrides the LM head to reweight its per-sequence gradients and
-needs the whole (B, T, d) input, so ISOPO / npg_rank1 keep the full path), no module hooks on the head (their
-owner expects it to be called) and no logit soft-capping, called
+needs the whole (B, T, d) input, so ISOPO / npg_rank1 keep the full path), no module hooks on the head or the model (their
+owner expects them to run: FSDP2's root unshard, user hooks), parameters that are not DTensors and no logit soft-capping, called
 directly (not through a DDP / FSDP wrapper, whose forward must run). `set_mode("full")` or
 ISOPO_LOGPROBS=full forces the full path (the memory benchmark's "before").
 """
@@ -65,7 +65,8 @@ def applies(model: torch.nn.Module) -> bool:
         return False
     parts = _parts(model)
     cfg = getattr(model, "config", None)
-    ok = (parts is not None and "forward" not in parts[1].__dict__ and not _hooked(parts[1])
+    ok = (parts is not None and "forward" not in parts[1].__dict__ and not _hooked(parts[1]) and not _hooked(model)
+          and type(parts[1].weight) is torch.nn.Parameter  # not a DTensor (FSDP2 shards: its root hooks must run)
           and not getattr(cfg, "final_logit_softcapping", None) and getattr(cfg, "logit_scale", None) is None)
     if m == "chunked" and not ok:
         raise RuntimeError(f"chunked log-probs do not apply to a {type(model).__name__} (see isopo_bench.chunked_logprobs)")

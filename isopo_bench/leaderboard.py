@@ -275,8 +275,10 @@ NOISE_TOLERANCE = 0.05
 
 def _update_clock(group: pd.DataFrame) -> str:
     fin = _finished(group)
-    cpu = fin[M.LB_UPDATE_CPU_S] if M.LB_UPDATE_CPU_S in fin else pd.Series(dtype=float)
-    return M.LB_UPDATE_CPU_S if len(fin) and cpu.notna().all() and (cpu > 0).all() else M.LB_UPDATE_S
+    if M.LB_UPDATE_CPU_S not in fin or not len(fin):
+        return M.LB_UPDATE_S
+    cpu = fin[M.LB_UPDATE_CPU_S]
+    return M.LB_UPDATE_CPU_S if cpu.notna().all() and (cpu > 0).all() else M.LB_UPDATE_S
 
 
 def with_noise_check(rows: list[dict], clock: str = M.LB_UPDATE_S) -> list[dict]:

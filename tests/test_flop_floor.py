@@ -92,3 +92,19 @@ def test_issue_figures():
             algo = build_algorithm(O.with_probes(next(iter(cfg.values())), shape.num_probes))
             ratio = F.shape_floor(shape, algo, mbs).ratio
             assert ratio == pytest.approx(want.get((shape.name, name), 1.0), abs=0.005), (shape.name, name)
+
+
+def test_update_floor_from_the_model_equals_the_shape_floor():
+    """The trainer's per-step floor (from the model's own Linears) equals the benchmark's (from the Shape)."""
+    model = O.build_model(O.TINY, torch.device("cpu"), torch.float32)
+    mbs = O.build_microbatches(O.TINY, torch.device("cpu"))
+    def layout(specs):  # shapes, and which Linears share their input with the previous one
+        return [(s.d_in, s.d_out, i > 0 and s.input_key == specs[i - 1].input_key) for i, s in enumerate(specs)]
+
+    assert layout(F.model_linears(model)) == layout(F.shape_linears(O.TINY))
+    for name in ("reinforce", "isopo", "isopo-interacting", "npg_rank1"):
+        (_, cfg), = O.variants([name], False)
+        algo = build_algorithm(cfg)
+        assert F.update_floor(algo, model, [mbs]) == pytest.approx(F.shape_floor(O.TINY, algo, mbs).ratio, rel=1e-12)
+    (_, cfg), = O.variants(["npg_rank1_model"], False)
+    assert F.update_floor(build_algorithm(cfg), model, [mbs]) > 1.0
