@@ -18,14 +18,17 @@ FORMATS = {
                            M.LB_ACC_AT_BUDGET, M.LB_BEST_ACC_MEAN, M.LB_DIFF_MEAN, M.LB_DIFF_CI_LO, M.LB_DIFF_CI_HI,
                            M.LB_PASS_AT_K, M.LB_MEAN_AT_K)},
     M.LB_BEST_LR: "%.2e", M.LB_STEPS_TO_THRESHOLD: "%.1f", M.LB_UPDATE_S: "%.4f", M.LB_STEP_S: "%.4f",
-    M.LB_OVERHEAD: "%.2fx",
+    M.LB_OVERHEAD: "%.2fx", M.LB_FLOOR: "%.2fx",
 }
 HELP = {
     M.LB_ACC_MEAN: "final held-out accuracy at the best learning rate, mean over finished seeds",
     M.LB_ACC_CI_LO: "95% Student-t interval over seeds, low end (blank with one seed)",
     M.LB_ACC_CI_HI: "95% Student-t interval over seeds, high end (blank with one seed)",
     M.LB_DIFF_MEAN: "mean paired difference (same seed and lr) to the baseline's final accuracy",
-    M.LB_OVERHEAD: "median update-phase time per step relative to REINFORCE's",
+    M.LB_OVERHEAD: "median update-phase time per step relative to REINFORCE's (process CPU time when every run "
+                   "logged it); its noise floor is the update_time_reliable column",
+    M.LB_FLOOR: "FLOP floor of the update relative to REINFORCE's: the ratio the method's own arithmetic implies "
+                "(isopo_bench.flop_floor); the excess of the measured ratio over it is implementation or noise",
     M.LB_UPDATE_S: "median over steps of time/update (s)",
     M.LB_STEP_S: "median over steps of time/step, evaluation excluded (s)",
     M.LB_N_INCOMPLETE: "runs still RUNNING or KILLED: counted, never averaged",

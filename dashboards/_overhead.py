@@ -19,7 +19,8 @@ def phase_histories(uri: str, run_ids: tuple[str, ...]) -> dict[str, pd.DataFram
 def render_ratio(runs: pd.DataFrame) -> None:
     """The update-time ratio is the leaderboard's (median over steps, finished runs), so the two tabs agree."""
     board = lb.leaderboard(runs)
-    columns = [*lb.GROUP, M.LB_ALGORITHM, M.LB_UPDATE_S, M.LB_STEP_S, M.LB_OVERHEAD]
+    columns = [*lb.GROUP, M.LB_ALGORITHM, M.LB_UPDATE_S, M.LB_STEP_S, M.LB_OVERHEAD, M.LB_FLOOR,
+               M.LB_OVERHEAD_RELIABLE]
     if board[M.LB_OVERHEAD].isna().all():
         st.info(f"No update-time ratio yet: it needs a finished `{lb.REINFORCE}` run and finished runs of the other "
                 "algorithms in the same (suite, task, model) group.")
@@ -27,6 +28,7 @@ def render_ratio(runs: pd.DataFrame) -> None:
         M.LB_UPDATE_S: st.column_config.NumberColumn(format="%.4f", help="median over steps of time/update (s)"),
         M.LB_STEP_S: st.column_config.NumberColumn(format="%.4f", help="median over steps of time/step (s)"),
         M.LB_OVERHEAD: st.column_config.NumberColumn(format="%.2fx", help=f"update time relative to {lb.REINFORCE}"),
+        M.LB_FLOOR: st.column_config.NumberColumn(format="%.2fx", help="FLOP floor of the update vs REINFORCE's"),
     })
 
 
@@ -45,7 +47,8 @@ def render_runs(uri: str, runs: pd.DataFrame) -> None:
 
 def offline_figure(rows: pd.DataFrame):
     fig = px.bar(rows, x="algorithm", y="ratio", color="shape", barmode="group",
-                 hover_data=[c for c in ("median_s", "T", "B", "hidden", "probes") if c in rows])
+                 hover_data=[c for c in ("median_s", "T", "B", "hidden", "probes", "floor", "probes_used", "state_mib")
+                             if c in rows])
     fig.add_hline(y=1.0, line_dash="dot", annotation_text=lb.REINFORCE)
     fig.update_layout(xaxis_title="algorithm", yaxis_title=f"update-step time / {lb.REINFORCE} (median ratio)",
                       legend_title="model shape", margin={"t": 30}, height=420)

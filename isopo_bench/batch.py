@@ -140,9 +140,15 @@ def sequence_logprobs(
     that temperature draws from (as TRL and verl train); 1.0 leaves the logits untouched (bit-identical to
     no scaling). Half-precision logits are upcast to float32 first, the same way for every algorithm. With
     `with_entropy`, also returns the detached per-token entropy of the predictive distribution.
+    Where it applies (plain HF causal LMs, LM head not overridden) the LM head runs in chunks of response
+    positions (isopo_bench.chunked_logprobs; logp and entropy are then 0 off the response).
     """
     if not temperature > 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
+    from isopo_bench import chunked_logprobs
+
+    if chunked_logprobs.applies(model):
+        return chunked_logprobs.chunked_sequence_logprobs(model, batch, with_entropy, temperature=temperature)
     logits_BTV = model(
         input_ids=batch.input_ids_BT,
         attention_mask=batch.attention_mask_BT,

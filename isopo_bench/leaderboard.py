@@ -24,6 +24,7 @@ RUN_COLUMNS = [
     M.LB_RUN_ID, M.LB_RUN_NAME, M.LB_STATUS, *GROUP, M.LB_ALGORITHM, M.LB_LR, M.LB_SEED, M.LB_STEPS,
     M.LB_PLANNED_STEPS, M.LB_FINAL_ACC, M.LB_BEST_ACC, M.LB_INITIAL_ACC, M.LB_PASS_AT_K, M.LB_MEAN_AT_K, M.LB_ELAPSED, M.LB_UPDATE_S,
     M.LB_STEP_S, M.LB_EVAL_CURVE, M.LB_COMMIT, M.LB_CONFIG_HASH, M.LB_MACHINE, M.LB_STATUS_DETAIL, M.LB_START_TIME,
+    M.LB_UPDATE_CPU_S, M.LB_FLOOR,
 ]
 COUNTS = [M.LB_N_FINISHED, M.LB_N_FAILED, M.LB_N_INCOMPLETE]
 PROVENANCE = [M.LB_COMMITS, M.LB_CONFIG_HASHES, M.LB_MACHINE]
@@ -37,12 +38,14 @@ BOARD_COLUMNS = [
     M.LB_SEEDS, M.LB_ACC_MEAN, M.LB_ACC_CI_LO, M.LB_ACC_CI_HI, M.LB_BEST_ACC_MEAN, M.LB_BUDGET_S,
     M.LB_ACC_AT_BUDGET, M.LB_THRESHOLD, M.LB_STEPS_TO_THRESHOLD, M.LB_THRESHOLD_REACHED, M.LB_UPDATE_S,
     M.LB_STEP_S, M.LB_OVERHEAD, M.LB_BASELINE, M.LB_N_PAIRS, M.LB_DIFF_MEAN, M.LB_DIFF_CI_LO, M.LB_DIFF_CI_HI,
-    M.LB_PASS_AT_K, M.LB_MEAN_AT_K, *PROVENANCE,
+    M.LB_PASS_AT_K, M.LB_MEAN_AT_K, *PROVENANCE, M.LB_FLOOR, M.LB_OVERHEAD_CLOCK, M.LB_OVERHEAD_NOISE,
+    M.LB_OVERHEAD_RELIABLE,
 ]
 DISPLAY_COLUMNS = [
     M.LB_ALGORITHM, *COUNTS, M.LB_ROBUST_MEAN, M.LB_ROBUST_WORST, M.LB_BEST_LR, M.LB_ACC_MEAN, M.LB_ACC_CI_LO,
     M.LB_ACC_CI_HI, M.LB_ACC_AT_BUDGET, M.LB_BEST_ACC_MEAN, M.LB_PASS_AT_K, M.LB_MEAN_AT_K, M.LB_STEPS_TO_THRESHOLD,
-    M.LB_UPDATE_S, M.LB_STEP_S, M.LB_OVERHEAD, M.LB_DIFF_MEAN, M.LB_DIFF_CI_LO, M.LB_DIFF_CI_HI, M.LB_COMMITS,
+    M.LB_UPDATE_S, M.LB_STEP_S, M.LB_OVERHEAD, M.LB_FLOOR, M.LB_OVERHEAD_RELIABLE, M.LB_DIFF_MEAN, M.LB_DIFF_CI_LO,
+    M.LB_DIFF_CI_HI, M.LB_COMMITS,
 ]
 """The columns printed to the terminal; the CSV and Markdown exports hold all of BOARD_COLUMNS."""
 LR_DISPLAY_COLUMNS = [
@@ -118,7 +121,8 @@ def _history(client, run_id: str, metric: str) -> list[tuple[int, float]]:
 
 def _run_row(client, run) -> dict:
     tags, metrics, params = run.data.tags, run.data.metrics, run.data.params
-    hist = {k: _history(client, run.info.run_id, k) for k in (M.TIME_UPDATE, M.TIME_STEP, M.TIME_ELAPSED, M.EVAL_ACCURACY)}
+    hist = {k: _history(client, run.info.run_id, k)
+            for k in (M.TIME_UPDATE, M.TIME_STEP, M.TIME_ELAPSED, M.EVAL_ACCURACY, M.TIME_CPU_UPDATE, M.COST_FLOP_FLOOR)}
     elapsed = dict(hist[M.TIME_ELAPSED]) | {0: 0.0}
     return {
         M.LB_RUN_ID: run.info.run_id, M.LB_RUN_NAME: run.info.run_name, M.LB_STATUS: run.info.status,
@@ -135,6 +139,7 @@ def _run_row(client, run) -> dict:
         M.LB_COMMIT: tags.get(M.TAG_COMMIT, ""), M.LB_CONFIG_HASH: tags.get(M.TAG_CONFIG_HASH, ""),
         M.LB_MACHINE: tags.get(M.TAG_MACHINE, ""), M.LB_STATUS_DETAIL: tags.get(M.TAG_STATUS_DETAIL, ""),
         M.LB_START_TIME: run.info.start_time,
+        M.LB_UPDATE_CPU_S: _median(hist[M.TIME_CPU_UPDATE]), M.LB_FLOOR: _median(hist[M.COST_FLOP_FLOOR]),
     }
 
 
@@ -240,14 +245,18 @@ def leaderboard(runs_df: pd.DataFrame, baseline: str = REINFORCE, threshold: flo
         best = lr_rows.groupby(M.LB_ALGORITHM)[M.LB_ACC_MEAN].max().max()
         initial = _finished(group)[M.LB_INITIAL_ACC].median()
         thr = threshold if threshold is not None else default_threshold(initial, best)
-        # The update-time ratio is against the same baseline as the paired differences.
-        ref = _finished(group[group[M.LB_ALGORITHM] == baseline])[M.LB_UPDATE_S].median()
+        # The update-time ratio is against the same baseline as the paired differences, in process CPU
+        # time when every finished run logged it (what concurrent workers do not inflate), else wall time.
+        clock = _update_clock(group)
+        ref = _finished(group[group[M.LB_ALGORITHM] == baseline])[clock].median()
+        group_rows = []
         for algo, g in group.groupby(M.LB_ALGORITHM):
-            row = _algorithm_row(g, lr_rows[lr_rows[M.LB_ALGORITHM] == algo], thr, ref)
+            row = _algorithm_row(g, lr_rows[lr_rows[M.LB_ALGORITHM] == algo], thr, ref, clock)
             diff = diffs.loc[(*key, algo)].to_dict() if (*key, algo) in diffs.index else {M.LB_N_PAIRS: 0}
-            rows.append(dict(zip(GROUP, key)) | {M.LB_ALGORITHM: algo, M.LB_BASELINE: baseline} | row
-                        | {c: diff.get(c, math.nan) for c in (M.LB_DIFF_MEAN, M.LB_DIFF_CI_LO, M.LB_DIFF_CI_HI)}
-                        | {M.LB_N_PAIRS: int(diff[M.LB_N_PAIRS])})
+            group_rows.append(dict(zip(GROUP, key)) | {M.LB_ALGORITHM: algo, M.LB_BASELINE: baseline} | row
+                              | {c: diff.get(c, math.nan) for c in (M.LB_DIFF_MEAN, M.LB_DIFF_CI_LO, M.LB_DIFF_CI_HI)}
+                              | {M.LB_N_PAIRS: int(diff[M.LB_N_PAIRS])})
+        rows += with_noise_check(group_rows, clock)
     board = pd.DataFrame(rows, columns=BOARD_COLUMNS)
     return board.sort_values([*GROUP, M.LB_ACC_MEAN], ascending=[True] * len(GROUP) + [False]).reset_index(drop=True)
 
@@ -261,14 +270,47 @@ def default_threshold(initial: float, best: float) -> float:
     return initial + 0.5 * (best - initial)
 
 
-def _algorithm_row(g: pd.DataFrame, lr_rows: pd.DataFrame, threshold: float, baseline_update_s: float) -> dict:
+NULL_WORK = ("gspo", "cispo")
+"""Algorithms that do no extra work per optimizer step over REINFORCE: their in-suite update-time ratio
+measures the suite's timing noise."""
+NOISE_TOLERANCE = 0.05
+
+
+def _update_clock(group: pd.DataFrame) -> str:
+    fin = _finished(group)
+    if M.LB_UPDATE_CPU_S not in fin or not len(fin):
+        return M.LB_UPDATE_S
+    cpu = fin[M.LB_UPDATE_CPU_S]
+    return M.LB_UPDATE_CPU_S if cpu.notna().all() and (cpu > 0).all() else M.LB_UPDATE_S
+
+
+def with_noise_check(rows: list[dict], clock: str = M.LB_UPDATE_S) -> list[dict]:
+    """Adds to every row of one group the noise floor of its update-time column: the ratio of a
+    no-extra-work algorithm (NULL_WORK) must read 1.00 +- NOISE_TOLERANCE, else the column is flagged."""
+    null = {r[M.LB_ALGORITHM]: r[M.LB_OVERHEAD] for r in rows
+            if r[M.LB_ALGORITHM] in NULL_WORK and not math.isnan(r[M.LB_OVERHEAD])}
+    clock_name = "process CPU" if clock == M.LB_UPDATE_CPU_S else "wall"
+    if not null:
+        noise, verdict = math.nan, f"unchecked: no finished {'/'.join(NULL_WORK)} run to measure the noise"
+    else:
+        noise = max(abs(v - 1.0) for v in null.values())
+        reads = ", ".join(f"{a} {v:.2f}x" for a, v in sorted(null.items()))
+        verdict = (f"yes: {reads} (within 1.00 +- {NOISE_TOLERANCE:.2f})" if noise <= NOISE_TOLERANCE else
+                   f"NOT RELIABLE: {reads}, outside 1.00 +- {NOISE_TOLERANCE:.2f}; use `isopo-bench overhead`")
+    return [r | {M.LB_OVERHEAD_CLOCK: clock_name, M.LB_OVERHEAD_NOISE: noise, M.LB_OVERHEAD_RELIABLE: verdict}
+            for r in rows]
+
+
+def _algorithm_row(g: pd.DataFrame, lr_rows: pd.DataFrame, threshold: float, baseline_update_s: float,
+                   clock: str = M.LB_UPDATE_S) -> dict:
     fin = _finished(g)
     valid = lr_rows.dropna(subset=[M.LB_ACC_MEAN])
     row = _counts(g) | _provenance(g) | {
         M.LB_LRS_FINISHED: f"{len(valid)}/{len(lr_rows)}", M.LB_ROBUST_MEAN: valid[M.LB_ACC_MEAN].mean(),
         M.LB_ROBUST_WORST: valid[M.LB_ACC_MEAN].min(), M.LB_THRESHOLD: threshold,
         M.LB_UPDATE_S: fin[M.LB_UPDATE_S].median(), M.LB_STEP_S: fin[M.LB_STEP_S].median(),
-        M.LB_OVERHEAD: fin[M.LB_UPDATE_S].median() / baseline_update_s,
+        M.LB_OVERHEAD: fin[clock].median() / baseline_update_s,
+        M.LB_FLOOR: fin[M.LB_FLOOR].median() if M.LB_FLOOR in fin else math.nan,
     }
     if valid.empty:
         return row

@@ -39,6 +39,10 @@ TIME_EVAL = "time/eval"
 TIME_STEP = "time/step"
 TIME_ELAPSED = "time/elapsed"
 """Cumulative training wall-clock (excluding evaluation) at the end of the step."""
+TIME_CPU_UPDATE = "time_cpu/update"
+"""Process CPU seconds of the update phase (timing.PhaseTimer.pop_cpu; also time_cpu/* and time_thread/* per phase)."""
+COST_FLOP_FLOOR = "cost/flop_floor"
+"""FLOP floor of the step's update relative to REINFORCE's (isopo_bench.flop_floor.update_floor)."""
 TIME_PHASES = (TIME_ROLLOUT, TIME_REWARD, TIME_OLD_LOGP, TIME_REF_LOGP, TIME_UPDATE, TIME_SYNC, TIME_EVAL)
 
 # Held-out evaluation (greedy)
@@ -115,6 +119,11 @@ LB_THRESHOLD = "threshold"
 LB_STEPS_TO_THRESHOLD = "steps_to_threshold"
 LB_THRESHOLD_REACHED = "threshold_reached"
 LB_OVERHEAD = "update_time_vs_baseline"  # median update seconds over the --baseline algorithm's
+LB_UPDATE_CPU_S = "update_cpu_s_per_step"  # median over steps of time_cpu/update
+LB_FLOOR = "flop_floor"  # median over finished runs of cost/flop_floor: the update's FLOP floor vs REINFORCE
+LB_OVERHEAD_CLOCK = "update_time_clock"  # `process CPU` (every run in the group logged it) or `wall`
+LB_OVERHEAD_NOISE = "update_time_noise"  # |ratio - 1| of the group's no-extra-work algorithm (gspo/cispo)
+LB_OVERHEAD_RELIABLE = "update_time_reliable"  # the noise check's verdict, in words
 LB_BASELINE = "baseline"
 LB_N_PAIRS = "n_pairs"
 LB_DIFF_MEAN = "diff_vs_baseline"

@@ -26,6 +26,7 @@ from isopo_bench.batch import BatchTotals, TrainBatch, pad_and_stack, sequence_l
 from isopo_bench.config import AlgorithmConfig
 from isopo_bench.plugin_settings import algorithm_presets, build_algorithm, resolved
 from isopo_bench.plugins import ALGORITHMS
+from isopo_bench.flop_floor import floor_columns
 from isopo_bench.step_driver import accumulate
 
 BASELINE = "reinforce"
@@ -182,7 +183,8 @@ def bench_shape(shape: Shape, labels, repeats: int, warmup: int, device, dtype) 
     return [
         {"shape": shape.name, "T": shape.seq_len, "B": shape.microbatch, "hidden": shape.hidden,
          "probes": shape.num_probes, "algorithm": label, "median_s": statistics.median(t),
-         "min_s": min(t), "ratio": statistics.median(t) / base, "ratio_min": min(t) / base_min}
+         "min_s": min(t), "ratio": statistics.median(t) / base, "ratio_min": min(t) / base_min,
+         **floor_columns(shape, algos[label], mbs, dtype)}
         for label, t in times.items()
     ]
 
@@ -232,11 +234,13 @@ def run_overhead(
 
 
 def markdown_table(rows: list[dict]) -> str:
-    lines = ["| shape | T | B | hidden | probes | algorithm | median s/step | ratio vs REINFORCE | ratio of minima |",
-             "|---|---:|---:|---:|---:|---|---:|---:|---:|"]
+    lines = ["| shape | T | B | hidden | probes | algorithm | median s/step | ratio vs REINFORCE | ratio of minima "
+             "| FLOP floor | measured / floor | S used | per-seq state MiB |",
+             "|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         lines.append(f"| {r['shape']} | {r['T']} | {r['B']} | {r['hidden']} | {r['probes']} | {r['algorithm']} "
-                     f"| {r['median_s']:.3f} | {r['ratio']:.3f} | {r['ratio_min']:.3f} |")
+                     f"| {r['median_s']:.3f} | {r['ratio']:.3f} | {r['ratio_min']:.3f} "
+                     f"| {r['floor']:.3f} | {r['ratio'] / r['floor']:.3f} | {r['probes_used']} | {r['state_mib']:.1f} |")
     return "\n".join(lines)
 
 
@@ -252,9 +256,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (0 = torch's default)")
     parser.add_argument("--breakdown", action="store_true", help="also profile the first shape's ISOPO steps")
     parser.add_argument("--out", default="", help="also write the rows as CSV (the dashboard's --overhead-file)")
+    parser.add_argument("--memory", action="store_true", help="peak memory of one update step at the paper's "
+                        "vocabulary and width, full logits vs the chunked head (isopo_bench.overhead_modes)")
+    parser.add_argument("--memory-layers", type=int, default=2, help="--memory: model depth")
+    parser.add_argument("--per-rollout", action="store_true", help="time each algorithm's work per rollout batch "
+                        "(pi_old forward + minibatch steps where it needs pi_old) instead of per optimizer step")
+    parser.add_argument("--minibatches", type=int, default=2, help="--per-rollout: optimizer steps per rollout "
+                        "batch of the algorithms that need pi_old")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.memory or args.per_rollout:
+        return _other_mode(args)
     rows, shapes = [], []
     for suite in args.suite:
         make_shapes, algorithms, faithful = SUITES[suite]
@@ -274,6 +287,25 @@ def main(argv: list[str] | None = None) -> int:
         print("\n| algorithm | op | seconds | REINFORCE seconds |\n|---|---|---:|---:|")  # noqa: T201
         for r in detail:
             print(f"| {r['algorithm']} | {r['op']} | {r['seconds']:.3f} | {r['reinforce_seconds']:.3f} |")  # noqa: T201
+    return 0
+
+
+def _other_mode(args) -> int:
+    from isopo_bench import overhead_modes as OM
+
+    if args.memory:
+        shape = dataclasses.replace(OM.MEMORY_SHAPE, layers=args.memory_layers)
+        rows = OM.run_memory(shape, args.algorithms or ["reinforce"], args.device, args.dtype, args.threads)
+        print(OM.memory_table(rows))  # noqa: T201
+    else:
+        shapes = [s for suite in args.suite for s in SUITES[suite][0]()]
+        rows = OM.run_per_rollout(shapes, args.algorithms, args.repeats, args.warmup, args.minibatches,
+                                  args.device, args.dtype)
+        print(OM.per_rollout_table(rows))  # noqa: T201
+    if args.out:
+        import pandas as pd
+
+        pd.DataFrame(rows).to_csv(args.out, index=False)
     return 0
 
 

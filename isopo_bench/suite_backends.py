@@ -235,10 +235,15 @@ def execute_on_worker(cfg: RunConfig, resume: bool, threads: int) -> Outcome:
 
 
 # ------------------------------------------------------------------------------------------------
-def _init_pool_worker() -> None:
+def _init_pool_worker(slot=None, cores: tuple[int, ...] = ()) -> None:
     """Spawned pool worker: one thread (two single-thread workers use two cores better than one two-thread
-    run: the tiny model's ops are too small to split), and death with the parent so a SIGKILLed suite
-    leaves no orphan training a run."""
+    run: the tiny model's ops are too small to split), pinned to its own core (`slot` counts workers; timings
+    then measure the method, not the scheduler), and death with the parent so a SIGKILLed suite leaves no
+    orphan training a run."""
+    if slot is not None and cores:
+        from isopo_bench.suite_pinning import pin_worker
+
+        pin_worker(slot, cores)
     if sys.platform.startswith("linux"):
         import ctypes
         import signal
@@ -255,7 +260,11 @@ def run_local(todo: list[tuple[RunConfig, bool]], workers: int) -> Iterator[Outc
             yield execute(cfg, resume)
         return
     context = multiprocessing.get_context("spawn")  # fork after torch/OpenMP start-up is unsafe
-    with cf.ProcessPoolExecutor(workers, mp_context=context, initializer=_init_pool_worker) as pool:
+    from isopo_bench.suite_pinning import pool_slots
+
+    slot, cores = pool_slots(context, workers)
+    with cf.ProcessPoolExecutor(workers, mp_context=context, initializer=_init_pool_worker,
+                                initargs=(slot, cores)) as pool:
         futures = [pool.submit(execute, cfg, resume) for cfg, resume in todo]
         try:
             for future in cf.as_completed(futures):

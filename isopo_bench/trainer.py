@@ -219,6 +219,8 @@ class Trainer:
         times = timer.pop()
         metrics |= {name: times.get(name, 0.0) for name in M.TIME_PHASES if name != M.TIME_EVAL}
         metrics[M.TIME_STEP] = sum(v for k, v in times.items() if k != M.TIME_EVAL)
+        metrics |= timer.pop_cpu(skip=(M.TIME_EVAL,))  # time_cpu/*, time_thread/*: what concurrent workers do not inflate
+        metrics[M.COST_FLOP_FLOOR] = self._flop_floor(batch)
         self.state["elapsed"] += metrics[M.TIME_STEP]
         metrics[M.TIME_ELAPSED] = self.state["elapsed"]
         metrics[M.ROLLOUT_TOKENS_PER_S] = rollout.num_tokens / max(times[M.TIME_ROLLOUT], 1e-9)
@@ -313,6 +315,16 @@ class Trainer:
         metrics[M.LR] = self.scheduler.get_last_lr()[0]
         metrics |= self._mismatch(first_pass_logp)
         return metrics
+
+    def _flop_floor(self, batch: TrainBatch) -> float:
+        """The FLOP floor of this rollout batch's update relative to REINFORCE's (isopo_bench.flop_floor)."""
+        from isopo_bench.flop_floor import update_floor
+
+        o = self.cfg.optim
+        size = batch.size // o.minibatches_per_step
+        minis = [all_microbatches(batch.select(slice(m * size, (m + 1) * size)), o.microbatch_size)
+                 for m in range(o.minibatches_per_step)]
+        return update_floor(self.algorithm, self.model, minis * o.epochs)
 
     def _check_loss(self, loss: torch.Tensor, step: int, found: list[float]) -> None:
         """One process stops at once; under data parallelism the rank records it and all ranks raise

@@ -80,6 +80,7 @@ def mlflow_truth(uri: str) -> dict:
         elapsed = dict(hist(M.TIME_ELAPSED)) | {0: 0.0}
         key = (run.data.tags[M.TAG_ALGORITHM], float(run.data.tags[M.TAG_LR]), int(run.data.tags[M.TAG_SEED]))
         out[key] = dict(acc=run.data.metrics[M.FINAL_ACCURACY], update=statistics.median(v for _, v in hist(M.TIME_UPDATE)),
+                        update_cpu=statistics.median(v for _, v in hist(M.TIME_CPU_UPDATE)),
                         elapsed=max(elapsed.values()), curve=[(s, elapsed[s], a) for s, a in hist(M.EVAL_ACCURACY)])
     return out
 
@@ -128,6 +129,8 @@ def test_leaderboard_matches_hand_computation(store):
     board = lb.leaderboard(lb.load_runs(store, suite="lb-test@v1"), baseline="reinforce").set_index(M.LB_ALGORITHM)
     mean_at = {(a, lr): statistics.mean(truth[(a, lr, s)]["acc"] for s in SEEDS) for a in ALGOS for lr in LRS}
     update = {a: statistics.median(v["update"] for k, v in truth.items() if k[0] == a) for a in ALGOS}
+    # The ratio is in process CPU time (every run logged time_cpu/update), the seconds column in wall time.
+    cpu = {a: statistics.median(v["update_cpu"] for k, v in truth.items() if k[0] == a) for a in ALGOS}
     for algo in ALGOS:
         row = board.loc[algo]
         means = [mean_at[(algo, lr)] for lr in LRS]
@@ -138,7 +141,7 @@ def test_leaderboard_matches_hand_computation(store):
         expected = ci([truth[(algo, best_lr, s)]["acc"] for s in SEEDS], 12.706205)
         assert (row[M.LB_ACC_MEAN], row[M.LB_ACC_CI_LO], row[M.LB_ACC_CI_HI]) == pytest.approx(expected)
         assert row[M.LB_UPDATE_S] == pytest.approx(update[algo])
-        assert row[M.LB_OVERHEAD] == pytest.approx(update[algo] / update["reinforce"])
+        assert row[M.LB_OVERHEAD] == pytest.approx(cpu[algo] / cpu["reinforce"])
         assert row[M.LB_COMMITS] and len(row[M.LB_CONFIG_HASHES].split(",")) == 5
     assert (board.loc["reinforce", M.LB_N_FAILED], board.loc["reinforce", M.LB_LRS_FINISHED]) == (1, "2/3")
     assert (board.loc["grpo", M.LB_N_INCOMPLETE], board.loc["grpo", M.LB_LRS_FINISHED]) == (1, "2/2")
@@ -153,12 +156,26 @@ def test_leaderboard_matches_hand_computation(store):
 
 
 def test_update_time_ratio_is_against_the_chosen_baseline(store):
+    """In process CPU time (every run logged time_cpu/update), with the noise check's verdict beside it."""
     truth = mlflow_truth(store)
-    update = {a: statistics.median(v["update"] for k, v in truth.items() if k[0] == a) for a in ALGOS}
+    update = {a: statistics.median(v["update_cpu"] for k, v in truth.items() if k[0] == a) for a in ALGOS}
     board = lb.leaderboard(lb.load_runs(store, suite="lb-test@v1"), baseline="grpo").set_index(M.LB_ALGORITHM)
     assert (board[M.LB_BASELINE] == "grpo").all()
     assert board.loc["reinforce", M.LB_OVERHEAD] == pytest.approx(update["reinforce"] / update["grpo"])
     assert board.loc["grpo", M.LB_OVERHEAD] == pytest.approx(1.0)
+    assert (board[M.LB_OVERHEAD_CLOCK] == "process CPU").all()
+    assert board[M.LB_OVERHEAD_RELIABLE].str.startswith("unchecked").all()  # no gspo/cispo run in this suite
+    assert (board[M.LB_FLOOR] == 1.0).all()  # neither algorithm does extra work
+
+
+def test_noise_check_flags_an_unreliable_column():
+    rows = [{M.LB_ALGORITHM: a, M.LB_OVERHEAD: r} for a, r in [("reinforce", 1.0), ("gspo", 1.03), ("isopo", 1.8)]]
+    ok = lb.with_noise_check(rows)
+    assert all(r[M.LB_OVERHEAD_NOISE] == pytest.approx(0.03) for r in ok)
+    assert ok[0][M.LB_OVERHEAD_RELIABLE].startswith("yes: gspo 1.03x")
+    rows.append({M.LB_ALGORITHM: "cispo", M.LB_OVERHEAD: 0.90})
+    bad = lb.with_noise_check(rows)
+    assert all(r[M.LB_OVERHEAD_RELIABLE].startswith("NOT RELIABLE: cispo 0.90x, gspo 1.03x") for r in bad)
 
 
 def test_leaderboard_cli_exports_csv_and_markdown(store, tmp_path, capsys):

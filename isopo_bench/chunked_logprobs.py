@@ -1,0 +1,173 @@
+"""Per-token log-probs and entropy without the B x T x V logits: the LM head applied in chunks of response
+positions only, in forward and backward (a custom autograd Function that recomputes each chunk's logits in
+its backward), so at most one chunk x V slice of logits (and its softmax) exists at a time.
+
+Values: the same operations per row as the full path (`batch.sequence_logprobs` before this module):
+logits = lm_head(h) in the model's dtype, upcast to float32, divided by the temperature (1: no division),
+logp = logits[target] - logsumexp(logits), entropy = logsumexp - sum softmax * logits. Positions that are not
+response tokens get logp 0 and entropy 0 (every consumer masks them: losses, KL, mismatch, entropy metric).
+The gradient is the exact one, (onehot - softmax) * dlogp / temperature per row, formed in float32 and cast to
+the model dtype for the two products, as autograd does for the upcast; the LM head's weight gradient is
+accumulated over chunks in float32 (a bfloat16 running sum would lose bits autograd's one matmul keeps).
+
+Where it applies (`applies`): a plain HF causal LM whose output embedding is an nn.Linear with no instance
+`forward` override (the layer-wise engine overrides the LM head to reweight its per-sequence gradients and
+needs the whole (B, T, d) input, so ISOPO / npg_rank1 keep the full path), no module hooks on the head or the model (their
+owner expects them to run: FSDP2's root unshard, user hooks), parameters that are not DTensors and no logit soft-capping, called
+directly (not through a DDP / FSDP wrapper, whose forward must run). `set_mode("full")` or
+ISOPO_LOGPROBS=full forces the full path (the memory benchmark's "before").
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+
+import torch
+import torch.nn.functional as F
+
+CHUNK_BUDGET_MB = 64
+"""Float32 logits per chunk: rows = max(1, budget / (4 V)) (~110 rows at V = 151,936)."""
+_MODE = {"mode": os.environ.get("ISOPO_LOGPROBS", "auto")}
+
+
+def set_mode(mode: str) -> None:
+    """`auto` (chunked where it applies), `chunked` (raise where it does not) or `full`."""
+    if mode not in ("auto", "chunked", "full"):
+        raise ValueError(f"logprobs mode must be auto, chunked or full, got {mode!r}")
+    _MODE["mode"] = mode
+
+
+@contextlib.contextmanager
+def mode(name: str):
+    old = _MODE["mode"]
+    set_mode(name)
+    try:
+        yield
+    finally:
+        _MODE["mode"] = old
+
+
+def _parts(model: torch.nn.Module):
+    """(decoder, lm_head) of a plain HF causal LM, else None."""
+    get_out = getattr(model, "get_output_embeddings", None)
+    prefix = getattr(model, "base_model_prefix", None)
+    decoder = getattr(model, prefix, None) if prefix else None
+    head = get_out() if callable(get_out) else None
+    if decoder is None or not isinstance(head, torch.nn.Linear) or type(head) is not torch.nn.Linear:
+        return None
+    return decoder, head
+
+
+def applies(model: torch.nn.Module) -> bool:
+    m = _MODE["mode"]
+    if m == "full":
+        return False
+    parts = _parts(model)
+    cfg = getattr(model, "config", None)
+    ok = (parts is not None and "forward" not in parts[1].__dict__ and not _hooked(parts[1]) and not _hooked(model)
+          and type(parts[1].weight) is torch.nn.Parameter  # not a DTensor (FSDP2 shards: its root hooks must run)
+          and not getattr(cfg, "final_logit_softcapping", None) and getattr(cfg, "logit_scale", None) is None)
+    if m == "chunked" and not ok:
+        raise RuntimeError(f"chunked log-probs do not apply to a {type(model).__name__} (see isopo_bench.chunked_logprobs)")
+    return ok
+
+
+def _hooked(module: torch.nn.Module) -> bool:
+    """Hooks on the LM head (or global module hooks) expect it to be called: keep the full path."""
+    from torch.nn.modules import module as mod
+
+    return bool(module._forward_hooks or module._forward_pre_hooks or module._backward_hooks
+                or getattr(module, "_backward_pre_hooks", None) or mod._global_forward_hooks
+                or mod._global_forward_pre_hooks or mod._global_backward_hooks)
+
+
+def chunk_rows(vocab: int, budget_mb: int = CHUNK_BUDGET_MB) -> int:
+    return max(1, budget_mb * 2**20 // (4 * vocab))
+
+
+def _chunk_logits(h_cd, weight, bias, temperature: float) -> torch.Tensor:
+    logits = F.linear(h_cd, weight, bias)
+    if logits.dtype in (torch.float16, torch.bfloat16):
+        logits = logits.float()
+    return logits if temperature == 1.0 else logits / temperature
+
+
+class ChunkedHeadLogprobs(torch.autograd.Function):
+    """(h_Nd, weight, bias, targets_N) -> (logp_N, entropy_N); entropy is not differentiated."""
+
+    @staticmethod
+    def forward(ctx, h_Nd, weight, bias, targets_N, rows: int, temperature: float, with_entropy: bool):
+        N = h_Nd.shape[0]
+        out_dt = torch.float64 if h_Nd.dtype == torch.float64 else torch.float32
+        logp = torch.empty(N, dtype=out_dt, device=h_Nd.device)
+        lse = torch.empty(N, dtype=out_dt, device=h_Nd.device)
+        ent = torch.empty(N, dtype=out_dt, device=h_Nd.device) if with_entropy else None
+        for s in range(0, N, rows):
+            logits = _chunk_logits(h_Nd[s : s + rows], weight, bias, temperature)
+            lse_c = torch.logsumexp(logits, dim=-1)
+            logp[s : s + rows] = logits.gather(-1, targets_N[s : s + rows, None]).squeeze(-1) - lse_c
+            lse[s : s + rows] = lse_c
+            if with_entropy:
+                probs = torch.softmax(logits, dim=-1)
+                ent[s : s + rows] = torch.logsumexp(logits, dim=-1) - (probs * logits).sum(-1)
+            del logits
+        ctx.save_for_backward(h_Nd, weight, bias if bias is not None else torch.empty(0), targets_N, lse)
+        ctx.rows, ctx.temperature, ctx.has_bias = rows, temperature, bias is not None
+        if ent is None:
+            ent = torch.zeros(0, dtype=out_dt, device=h_Nd.device)
+        ctx.mark_non_differentiable(ent)
+        return logp, ent
+
+    @staticmethod
+    def backward(ctx, grad_logp, _grad_ent):
+        h_Nd, weight, bias, targets_N, lse = ctx.saved_tensors
+        bias = bias if ctx.has_bias else None
+        rows, temperature = ctx.rows, ctx.temperature
+        need_h, need_w, need_b = ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.has_bias and ctx.needs_input_grad[2]
+        grad_h = torch.empty_like(h_Nd) if need_h else None
+        acc_dt = torch.float64 if weight.dtype == torch.float64 else torch.float32
+        grad_w = torch.zeros(weight.shape, dtype=acc_dt, device=weight.device) if need_w else None
+        grad_b = torch.zeros(weight.shape[0], dtype=acc_dt, device=weight.device) if need_b else None
+        for s in range(0, h_Nd.shape[0], rows):
+            h_c, g_c = h_Nd[s : s + rows], grad_logp[s : s + rows]
+            with torch.no_grad():
+                logits = _chunk_logits(h_c, weight, bias, temperature)
+                # d logp / d logits = onehot(target) - softmax; times the incoming gradient, in place.
+                grad_logits = torch.exp_(logits.sub_(lse[s : s + rows, None])).mul_(-g_c[:, None])
+                grad_logits.scatter_add_(-1, targets_N[s : s + rows, None], g_c[:, None])
+                if temperature != 1.0:
+                    grad_logits.div_(temperature)
+                gl = grad_logits.to(h_Nd.dtype)
+                del logits, grad_logits
+                if need_h:
+                    grad_h[s : s + rows] = gl @ weight.to(h_Nd.dtype)
+                if need_w:
+                    grad_w.add_((gl.T @ h_c).to(acc_dt))
+                if need_b:
+                    grad_b.add_(gl.sum(0).to(acc_dt))
+        return (grad_h, None if grad_w is None else grad_w.to(weight.dtype),
+                None if grad_b is None else grad_b.to(weight.dtype), None, None, None, None)
+
+
+def chunked_sequence_logprobs(model: torch.nn.Module, batch, with_entropy: bool = False, temperature: float = 1.0,
+                              budget_mb: int = CHUNK_BUDGET_MB):
+    """`batch.sequence_logprobs`'s result (logp_BT, and the detached entropy_BT with `with_entropy`) through
+    the chunked head, on response positions only (0 elsewhere)."""
+    from isopo_bench.batch import position_ids_for
+
+    decoder, head = _parts(model)
+    hidden_BTd = decoder(input_ids=batch.input_ids_BT, attention_mask=batch.attention_mask_BT,
+                         position_ids=position_ids_for(batch.attention_mask_BT), use_cache=False).last_hidden_state
+    B, T = batch.input_ids_BT.shape
+    sel_B1 = batch.response_mask_BT[:, 1:] > 0  # logp_BT[b, t] comes from the hidden state at t - 1
+    h_Nd = hidden_BTd[:, :-1][sel_B1]
+    targets_N = batch.input_ids_BT[:, 1:][sel_B1]
+    rows = chunk_rows(head.out_features, budget_mb)
+    logp_N, ent_N = ChunkedHeadLogprobs.apply(h_Nd, head.weight, head.bias, targets_N, rows, float(temperature),
+                                              with_entropy)
+    zeros = torch.zeros(B, T - 1, dtype=logp_N.dtype, device=logp_N.device)
+    logp_BT = F.pad(zeros.masked_scatter(sel_B1, logp_N), (1, 0))
+    if not with_entropy:
+        return logp_BT
+    return logp_BT, F.pad(zeros.masked_scatter(sel_B1, ent_N.detach()), (1, 0))
