@@ -330,3 +330,52 @@ def test_config_hash_ignores_diagnostics():
     from isopo_bench.config import RunConfig
 
     assert RunConfig().config_hash() == RunConfig(diagnostics=DiagnosticsConfig(alignment_every=3)).config_hash()
+
+
+# ---------------------------------------------------------------- through the real trainer
+@pytest.mark.parametrize("algo", ["reinforce", "isopo", "isopo-interacting"])
+def test_diagnostics_never_change_the_trajectory(workdir, algo):
+    """Same seed, diagnostics at every step vs off: bit-identical final weights and training metrics."""
+    from safetensors.torch import load_file
+
+    from conftest import smoke_config
+    from isopo_bench.config import replace
+    from isopo_bench.plugin_settings import algorithm_preset
+    from isopo_bench.trainer import Trainer
+    from test_trainer import deterministic, metric_histories, random_advantages
+
+    weights, histories = {}, {}
+    for on in (True, False):
+        diag = DiagnosticsConfig(alignment_every=1) if on else DiagnosticsConfig(proximity_every=0, alignment_every=0)
+        (workdir / str(on)).mkdir()
+        cfg = smoke_config(workdir / str(on), algorithm=algorithm_preset(algo), diagnostics=diag)
+        cfg = replace(cfg, **{"optim.microbatch_size": 8})
+        trainer = Trainer(cfg)
+        trainer.advantage_fn = random_advantages  # the random tiny model earns no reward
+        result = trainer.run()
+        weights[on] = load_file(result.run_dir / "final_model" / "model.safetensors")
+        histories[on] = metric_histories(cfg, result.run_id)
+    assert weights[True].keys() == weights[False].keys()
+    for name, value in weights[False].items():
+        assert torch.equal(weights[True][name], value), name
+    on, off = deterministic(histories[True]), deterministic(histories[False])
+    assert {k: v for k, v in on.items() if not k.startswith("diag/")} == off
+    assert not any(k.startswith("diag/") for k in off)
+    for key in (M.DIAG_KL_TOK, M.DIAG_SURROGATE, M.DIAG_FISHER_LEN, M.DIAG_COS_UPDATE_NAT, M.diag_cos("grad", "vanilla")):
+        assert len(on[key]) == 3, key
+    assert M.TIME_DIAGNOSTICS in histories[True]
+    if algo == "reinforce":
+        assert all(abs(v - 1) < 1e-5 for _, v in on[M.diag_cos("grad", "vanilla")])  # float32 model
+
+
+def test_nested_phase_is_not_counted_in_its_parent():
+    import time
+
+    from isopo_bench.timing import PhaseTimer
+
+    timer = PhaseTimer(torch.device("cpu"))
+    with timer.phase("outer"):
+        with timer.phase("inner"):
+            time.sleep(0.05)
+    times = timer.pop()
+    assert times["inner"] >= 0.05 and times["outer"] < 0.01
