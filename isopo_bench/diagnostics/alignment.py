@@ -55,6 +55,8 @@ def _use_rows(use: Use, scores: MicrobatchScores, r0: int, r1: int) -> torch.Ten
 
 def _global(B: int, local: Sequence[tuple[int, MicrobatchScores]], sizes: dict[int, int], offsets: dict[int, int],
             fn: Callable[[MicrobatchScores], torch.Tensor], n: int, dtype, reducer) -> torch.Tensor:
+    if len(local) == len(sizes):  # one process: every microbatch is here, nothing to reduce
+        return torch.cat([fn(scores).to(dtype).cpu() for _, scores in sorted(local, key=lambda e: e[0])])
     out = torch.zeros(B, n, dtype=dtype)
     for index, scores in local:
         out[offsets[index] : offsets[index] + sizes[index]] = fn(scores).to(dtype).cpu()
@@ -63,16 +65,21 @@ def _global(B: int, local: Sequence[tuple[int, MicrobatchScores]], sizes: dict[i
 
 def project(capture: ScoreCapture, local: Sequence[tuple[int, MicrobatchScores]], sizes: dict[int, int],
             directions: dict[str, dict[str, torch.Tensor]], reducer, budget_mb: int = 256,
-            dtype=torch.float64) -> tuple[Projections, dict[str, Projections]]:
+            dtype: torch.dtype | None = None) -> tuple[Projections, dict[str, Projections]]:
     """(whole model, {linear name: its weight's block}). `local`: (global microbatch index, scores) of this
-    rank; `sizes`: sequences per global microbatch; `directions`: {direction: {param name: tensor}}."""
+    rank; `sizes`: sequences per global microbatch; `directions`: {direction: {param name: tensor}}.
+    Chunks are formed in the statistics dtype (float64 for float64 models, else float32); K, U x and the
+    solves are accumulated in float64."""
+    if dtype is None:
+        dtype = torch.float64 if next(iter(capture.params.values())).dtype == torch.float64 else torch.float32
     B = sum(sizes.values())
     offsets, acc = {}, 0
     for index in sorted(sizes):
         offsets[index] = acc
         acc += sizes[index]
-    zeros = lambda: torch.zeros(B, B, dtype=dtype)  # noqa: E731
-    whole = Projections(zeros(), {d: torch.zeros(B, dtype=dtype) for d in directions},
+    acc_dt = torch.float64
+    zeros = lambda: torch.zeros(B, B, dtype=acc_dt)  # noqa: E731
+    whole = Projections(zeros(), {d: torch.zeros(B, dtype=acc_dt) for d in directions},
                         {d: 0.0 for d in directions})
     layers: dict[str, Projections] = {}
     for pname, uses in capture.uses.items():
@@ -85,7 +92,7 @@ def project(capture: ScoreCapture, local: Sequence[tuple[int, MicrobatchScores]]
             whole.sq_norm[d] += float(x.pow(2).sum())
         layer_uses = [u for u in uses if u.kind == "linear_w"]
         for u in layer_uses:
-            layers[u.module] = Projections(zeros(), {d: torch.zeros(B, dtype=dtype) for d in directions},
+            layers[u.module] = Projections(zeros(), {d: torch.zeros(B, dtype=acc_dt) for d in directions},
                                            {d: float(x.pow(2).sum()) for d, x in xs.items()})
         for r0 in range(0, rows_total, rows):
             r1 = min(rows_total, r0 + rows)
@@ -93,14 +100,18 @@ def project(capture: ScoreCapture, local: Sequence[tuple[int, MicrobatchScores]]
             parts = {u: _global(B, local, sizes, offsets, lambda s, u=u: _use_rows(u, s, r0, r1), n, dtype, reducer)
                      for u in uses}
             C = sum(parts.values())
-            whole.K += C @ C.T
-            for d, x in xs.items():
-                whole.Ux[d] += C @ x[r0:r1].flatten()
+            KC = (C @ C.T).to(acc_dt)
+            X = torch.stack([x[r0:r1].flatten().to(dtype) for x in xs.values()], 1)
+            UX = (C @ X).to(acc_dt)
+            whole.K += KC
+            for d, col in zip(xs, UX.unbind(1)):
+                whole.Ux[d] += col
             for u in layer_uses:
-                Cl = parts[u]
-                layers[u.module].K += Cl @ Cl.T
-                for d, x in xs.items():
-                    layers[u.module].Ux[d] += Cl @ x[r0:r1].flatten()
+                lp, Cl = layers[u.module], parts[u]
+                single = len(uses) == 1  # the layer block is the whole parameter: reuse its products
+                lp.K += KC if single else (Cl @ Cl.T).to(acc_dt)
+                for d, col in zip(xs, (UX if single else (Cl @ X).to(acc_dt)).unbind(1)):
+                    lp.Ux[d] += col
     return whole, layers
 
 
