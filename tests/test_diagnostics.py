@@ -157,7 +157,7 @@ def dense_kl(before, after, mbs):
 
 
 # ---------------------------------------------------------------- one step, as the trainer runs it
-def run_step(model, algo_cfg: AlgorithmConfig, mbs, lr=1e-2, diag=DiagnosticsConfig(alignment_every=1), reducer=None,
+def run_step(model, algo_cfg: AlgorithmConfig, mbs, lr=1e-2, diag=DiagnosticsConfig(proximity_every=1, alignment_every=1), reducer=None,
              step=0, zero_step=False):
     algo = build_algorithm(algo_cfg, seed=0)
     algo.attach(model)
@@ -346,7 +346,7 @@ def test_diagnostics_never_change_the_trajectory(workdir, algo):
 
     weights, histories = {}, {}
     for on in (True, False):
-        diag = DiagnosticsConfig(alignment_every=1) if on else DiagnosticsConfig(proximity_every=0, alignment_every=0)
+        diag = DiagnosticsConfig(proximity_every=1, alignment_every=1) if on else DiagnosticsConfig(proximity_every=0, alignment_every=0)
         (workdir / str(on)).mkdir()
         cfg = smoke_config(workdir / str(on), algorithm=algorithm_preset(algo), diagnostics=diag)
         cfg = replace(cfg, **{"optim.microbatch_size": 8})
