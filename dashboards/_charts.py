@@ -34,12 +34,16 @@ LABELS = {
     M.MISMATCH_RATIO_MEAN: "mean importance ratio trainer/sampler",
     M.MISMATCH_RATIO_MAX: "max importance ratio trainer/sampler",
     M.TIME_ELAPSED: "training wall-clock (s, evaluation excluded)",
+    M.DIAG_KL_TOK: "token KL(pi_before || pi_after) per step (nats)",
+    M.DIAG_COS_UPDATE_NAT: "cos(update, damped natural gradient), rho = 1",
+    M.DIAG_SURROGATE_PER_KL: "surrogate improvement per unit KL",
 }
 STEP_LABEL = "training step"
 RUN, ALGO = M.LB_RUN_ID, M.LB_ALGORITHM
 PHASE_NAMES = {
     M.TIME_ROLLOUT: "rollout", M.TIME_REWARD: "reward", M.TIME_OLD_LOGP: "old-logprob forward",
     M.TIME_REF_LOGP: "reference forward", M.TIME_UPDATE: "update", M.TIME_SYNC: "weight sync", M.TIME_EVAL: "eval",
+    M.TIME_DIAGNOSTICS: "diagnostics",
 }
 
 

@@ -12,11 +12,11 @@ import pandas as pd
 import streamlit as st
 
 from isopo_bench import metric_names as M
-from isopo_bench.dashboards import _curves, _data, _details, _leaderboard, _overhead
+from isopo_bench.dashboards import _curves, _data, _details, _diagnostics, _leaderboard, _overhead
 
 FILTERS = {M.LB_SUITE: "Suite", M.LB_TASK: "Task", M.LB_MODEL: "Model", M.LB_ALGORITHM: "Algorithm"}
 TABS = {"Leaderboard": _leaderboard.render, "Curves": _curves.render, "Overhead": _overhead.render,
-        "Run details": _details.render}
+        "Run details": _details.render, "Diagnostics": _diagnostics.render}
 log = logging.getLogger(__name__)
 
 

@@ -13,6 +13,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from isopo_bench.diagnostics.settings import DiagnosticsConfig
 from isopo_bench.errors import ConfigError
 from isopo_bench.model_identity import model_identity
 from isopo_bench.rollout_correction import CorrectionConfig
@@ -201,6 +202,8 @@ class RunConfig:
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     correction: CorrectionConfig = field(default_factory=CorrectionConfig)
     """Rollout correction of the sampler/trainer mismatch (TIS / MIS), for every loss-based algorithm."""
+    diagnostics: DiagnosticsConfig = field(default_factory=DiagnosticsConfig)
+    """Per-step proximity and natural-gradient diagnostics (isopo_bench.diagnostics); not in the config hash."""
     seed: int = 0
     """Seed for model init, prompt order, sampling and ISOPO probes."""
     threads: int = 0
@@ -237,6 +240,7 @@ def experiment_hash(config: dict) -> str:
     for key in ("uri", "run_name", "output_dir", "checkpoint_every", "log_samples", "algorithm_label"):
         d["tracking"].pop(key, None)
     d.pop("threads", None)
+    d.pop("diagnostics", None)  # diagnostics only read the run (tests/test_diagnostics.py: bit-identical weights)
     # DDP and FSDP2 compute the same update (tests/test_distributed.py), so the wrapper is not part of the
     # experiment; the world size is (each rank samples its share of the rollouts with its own seed). One
     # process is the default and leaves the hash as it was before data parallelism existed.

@@ -26,11 +26,17 @@ RUN_COLUMNS = [
     M.LB_STEP_S, M.LB_EVAL_CURVE, M.LB_COMMIT, M.LB_CONFIG_HASH, M.LB_MACHINE, M.LB_STATUS_DETAIL, M.LB_START_TIME,
     M.LB_UPDATE_CPU_S, M.LB_FLOOR,
 ]
+# Per-step diagnostics (isopo_bench.diagnostics): per run the median over steps; per (algorithm, lr) the
+# mean over seeds (the KL with its 95% interval over seeds). NaN for runs logged without diagnostics.
+DIAG_RUN = {M.LB_DIAG_KL: M.DIAG_KL_TOK, M.LB_DIAG_COS: M.DIAG_COS_UPDATE_NAT, M.LB_DIAG_GAIN_PER_KL: M.DIAG_SURROGATE_PER_KL}
+RUN_COLUMNS += list(DIAG_RUN)
+DIAG_LR_COLUMNS = [M.LB_DIAG_KL, M.LB_DIAG_KL_CI_LO, M.LB_DIAG_KL_CI_HI, M.LB_DIAG_COS, M.LB_DIAG_GAIN_PER_KL]
 COUNTS = [M.LB_N_FINISHED, M.LB_N_FAILED, M.LB_N_INCOMPLETE]
 PROVENANCE = [M.LB_COMMITS, M.LB_CONFIG_HASHES, M.LB_MACHINE]
 LR_COLUMNS = [
     *GROUP, M.LB_ALGORITHM, M.LB_LR, *COUNTS, M.LB_SEEDS, M.LB_ACC_MEAN, M.LB_ACC_CI_LO, M.LB_ACC_CI_HI,
     M.LB_BEST_ACC_MEAN, M.LB_BUDGET_S, M.LB_ACC_AT_BUDGET, M.LB_UPDATE_S, M.LB_STEP_S, *PROVENANCE,
+    *DIAG_LR_COLUMNS,
 ]
 DIFF_COLUMNS = [*GROUP, M.LB_ALGORITHM, M.LB_BASELINE, M.LB_N_PAIRS, M.LB_DIFF_MEAN, M.LB_DIFF_CI_LO, M.LB_DIFF_CI_HI]
 BOARD_COLUMNS = [
@@ -50,7 +56,7 @@ DISPLAY_COLUMNS = [
 """The columns printed to the terminal; the CSV and Markdown exports hold all of BOARD_COLUMNS."""
 LR_DISPLAY_COLUMNS = [
     M.LB_ALGORITHM, M.LB_LR, *COUNTS, M.LB_SEEDS, M.LB_ACC_MEAN, M.LB_ACC_CI_LO, M.LB_ACC_CI_HI, M.LB_BEST_ACC_MEAN,
-    M.LB_ACC_AT_BUDGET, M.LB_UPDATE_S, M.LB_STEP_S,
+    M.LB_ACC_AT_BUDGET, M.LB_UPDATE_S, M.LB_STEP_S, M.LB_DIAG_KL, M.LB_DIAG_COS, M.LB_DIAG_GAIN_PER_KL,
 ]
 
 # Two-sided 95% Student-t quantiles t_{0.975, df}, df = 1..30; beyond, the Cornish-Fisher expansion
@@ -122,7 +128,8 @@ def _history(client, run_id: str, metric: str) -> list[tuple[int, float]]:
 def _run_row(client, run) -> dict:
     tags, metrics, params = run.data.tags, run.data.metrics, run.data.params
     hist = {k: _history(client, run.info.run_id, k)
-            for k in (M.TIME_UPDATE, M.TIME_STEP, M.TIME_ELAPSED, M.EVAL_ACCURACY, M.TIME_CPU_UPDATE, M.COST_FLOP_FLOOR)}
+            for k in (M.TIME_UPDATE, M.TIME_STEP, M.TIME_ELAPSED, M.EVAL_ACCURACY, M.TIME_CPU_UPDATE, M.COST_FLOP_FLOOR,
+                      *DIAG_RUN.values())}
     elapsed = dict(hist[M.TIME_ELAPSED]) | {0: 0.0}
     return {
         M.LB_RUN_ID: run.info.run_id, M.LB_RUN_NAME: run.info.run_name, M.LB_STATUS: run.info.status,
@@ -140,7 +147,7 @@ def _run_row(client, run) -> dict:
         M.LB_MACHINE: tags.get(M.TAG_MACHINE, ""), M.LB_STATUS_DETAIL: tags.get(M.TAG_STATUS_DETAIL, ""),
         M.LB_START_TIME: run.info.start_time,
         M.LB_UPDATE_CPU_S: _median(hist[M.TIME_CPU_UPDATE]), M.LB_FLOOR: _median(hist[M.COST_FLOP_FLOOR]),
-    }
+    } | {column: _median(hist[metric]) for column, metric in DIAG_RUN.items()}
 
 
 def _median(points: list[tuple[int, float]]) -> float:
@@ -215,8 +222,21 @@ def accuracy_vs_lr(runs_df: pd.DataFrame) -> pd.DataFrame:
             M.LB_BEST_ACC_MEAN: fin[M.LB_BEST_ACC].mean(), M.LB_BUDGET_S: fin[M.LB_BUDGET_S].max(),
             M.LB_ACC_AT_BUDGET: fin[M.LB_ACC_AT_BUDGET].mean(), M.LB_UPDATE_S: fin[M.LB_UPDATE_S].median(),
             M.LB_STEP_S: fin[M.LB_STEP_S].median(),
-        } | _provenance(g))
+        } | _provenance(g) | _diag_columns(fin))
     return pd.DataFrame(rows, columns=LR_COLUMNS)
+
+
+def _diag_columns(fin: pd.DataFrame) -> dict:
+    """Mean over seeds of the runs' median diagnostics (seeds without them are left out)."""
+    out = dict.fromkeys(DIAG_LR_COLUMNS, math.nan)
+    if M.LB_DIAG_KL not in fin:
+        return out
+    kl = fin[M.LB_DIAG_KL].dropna()
+    if len(kl):
+        out[M.LB_DIAG_KL], out[M.LB_DIAG_KL_CI_LO], out[M.LB_DIAG_KL_CI_HI] = t_interval(kl)
+    out[M.LB_DIAG_COS] = fin[M.LB_DIAG_COS].mean()
+    out[M.LB_DIAG_GAIN_PER_KL] = fin[M.LB_DIAG_GAIN_PER_KL].mean()
+    return out
 
 
 def paired_differences(runs_df: pd.DataFrame, baseline: str = REINFORCE, metric: str = M.LB_FINAL_ACC) -> pd.DataFrame:

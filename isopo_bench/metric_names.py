@@ -43,7 +43,43 @@ TIME_CPU_UPDATE = "time_cpu/update"
 """Process CPU seconds of the update phase (timing.PhaseTimer.pop_cpu; also time_cpu/* and time_thread/* per phase)."""
 COST_FLOP_FLOOR = "cost/flop_floor"
 """FLOP floor of the step's update relative to REINFORCE's (isopo_bench.flop_floor.update_floor)."""
-TIME_PHASES = (TIME_ROLLOUT, TIME_REWARD, TIME_OLD_LOGP, TIME_REF_LOGP, TIME_UPDATE, TIME_SYNC, TIME_EVAL)
+TIME_DIAGNOSTICS = "time/diagnostics"
+"""The per-step diagnostics (isopo_bench.diagnostics): never counted in time/update."""
+TIME_PHASES = (TIME_ROLLOUT, TIME_REWARD, TIME_OLD_LOGP, TIME_REF_LOGP, TIME_UPDATE, TIME_SYNC, TIME_EVAL,
+               TIME_DIAGNOSTICS)
+
+# Per-step diagnostics (isopo_bench.diagnostics, docs/diagnostics.md): averaged over the optimizer steps
+# of a training step at which they ran.
+DIAG_KL_TOK = "diag/kl_tok"
+"""Exact KL(pi_before || pi_after), full vocabulary, mean over the minibatch's response tokens."""
+DIAG_KL_TOK_MAX_SEQ = "diag/kl_tok_max_seq"
+"""Max over sequences of each sequence's token-mean KL."""
+DIAG_KL_SEQ = "diag/kl_seq"
+"""Sequence-level KL: mean over sequences of each sequence's summed token KL."""
+DIAG_LOGRATIO_ABS = "diag/logratio_abs"
+"""Mean |log pi_after(y_t) - log pi_before(y_t)| over taken response tokens."""
+DIAG_DLOGP_POS = "diag/dlogp_pos"
+"""Mean change of the sequence log-likelihood over sequences with A > 0."""
+DIAG_DLOGP_NEG = "diag/dlogp_neg"
+"""The same over sequences with A < 0."""
+DIAG_SURROGATE = "diag/surrogate"
+"""S = mean_i A_i (log pi_after(y_i) - log pi_before(y_i))."""
+DIAG_SURROGATE_PER_KL = "diag/surrogate_per_kl"
+"""S / diag/kl_tok."""
+DIAG_FISHER_LEN = "diag/fisher_len_update"
+"""Delta^T F Delta = |U Delta|^2 / B (half of it predicts diag/kl_seq to second order)."""
+DIAG_DIRECTIONS = ("grad", "update")
+"""`grad`: the algorithm's gradient before clipping (ascent: -.grad); `update`: the applied Delta."""
+DIAG_AGAINST = ("vanilla", "natural", "layer_natural", "blockdiag_natural")
+
+
+def diag_cos(direction: str, against: str, rho: float | None = None) -> str:
+    """`diag/cos_{direction}_{against}[_rho{rho}]`, e.g. diag/cos_update_natural_rho0.01."""
+    return f"diag/cos_{direction}_{against}" + ("" if rho is None else f"_rho{rho:g}")
+
+
+DIAG_COS_UPDATE_NAT = diag_cos("update", "natural", 1.0)
+"""The leaderboard's update/natural-gradient cosine (rho = 1)."""
 
 # Held-out evaluation (greedy)
 EVAL_ACCURACY = "eval/accuracy"
@@ -129,6 +165,14 @@ LB_N_PAIRS = "n_pairs"
 LB_DIFF_MEAN = "diff_vs_baseline"
 LB_DIFF_CI_LO = "diff_ci95_lo"
 LB_DIFF_CI_HI = "diff_ci95_hi"
+LB_DIAG_KL = "median_kl_per_step"
+"""Median over training steps of diag/kl_tok (per run; per (algorithm, lr): mean over seeds)."""
+LB_DIAG_COS = "median_cos_update_nat"
+"""Median of diag/cos_update_natural_rho1."""
+LB_DIAG_GAIN_PER_KL = "median_gain_per_kl"
+"""Median of diag/surrogate_per_kl."""
+LB_DIAG_KL_CI_LO = "median_kl_ci95_lo"
+LB_DIAG_KL_CI_HI = "median_kl_ci95_hi"
 LB_COMMITS = "commits"
 LB_CONFIG_HASHES = "config_hashes"
 

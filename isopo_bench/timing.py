@@ -20,6 +20,7 @@ class PhaseTimer:
         """Process CPU seconds per phase (time.process_time)."""
         self.thread_seconds: dict[str, float] = defaultdict(float)
         """CPU seconds of the calling thread per phase (time.thread_time)."""
+        self._open: list[str] = []
 
     def _sync(self) -> None:
         if self.device.type == "cuda":
@@ -27,15 +28,26 @@ class PhaseTimer:
 
     @contextlib.contextmanager
     def phase(self, metric_name: str):
+        """A phase opened inside another is excluded from it: its seconds count once, in its own name
+        (the diagnostics run between optimizer steps, inside time/update, and are not part of it)."""
         self._sync()
         start, cpu, thread = time.perf_counter(), time.process_time(), time.thread_time()
+        self._open.append(metric_name)
         try:
             yield
         finally:
             self._sync()
-            self.seconds[metric_name] += time.perf_counter() - start
-            self.cpu_seconds[metric_name] += time.process_time() - cpu
-            self.thread_seconds[metric_name] += time.thread_time() - thread
+            elapsed = time.perf_counter() - start
+            elapsed_cpu, elapsed_thread = time.process_time() - cpu, time.thread_time() - thread
+            self._open.pop()
+            self.seconds[metric_name] += elapsed
+            self.cpu_seconds[metric_name] += elapsed_cpu
+            self.thread_seconds[metric_name] += elapsed_thread
+            if self._open:  # a phase opened inside another does not count in the outer one
+                outer = self._open[-1]
+                self.seconds[outer] -= elapsed
+                self.cpu_seconds[outer] -= elapsed_cpu
+                self.thread_seconds[outer] -= elapsed_thread
 
     def pop(self) -> dict[str, float]:
         """The accumulated seconds per phase since the last pop."""

@@ -26,6 +26,7 @@ from isopo_bench.algorithm_api import StepContext
 from isopo_bench.batch import BatchTotals, TrainBatch, logprob_temperature, pad_and_stack, sequence_logprobs
 from isopo_bench.checkpoint import export_model, load_checkpoint, save_checkpoint
 from isopo_bench.config import RunConfig
+from isopo_bench.diagnostics.monitor import StepDiagnostics
 from isopo_bench.distributed import (
     DataParallel, all_microbatches, full_model_state, full_states, grad_norm_value, plan_microbatches, restore_full_states,
     rollout_share,
@@ -87,6 +88,11 @@ class Trainer:
         self.engine = ENGINES.get(cfg.rollout.engine)(cfg, self.source, self.tokenizer, self.model)
         self.optimizer, self.scheduler = build_optimizer(self.model, cfg.optim)
         self.timer = PhaseTimer(self.device)
+        # Per-step diagnostics (isopo_bench.diagnostics): read-only, timed in their own phase.
+        StepDiagnostics.validate(cfg.diagnostics, sharded=self.sharded)
+        self.diagnostics = (StepDiagnostics(cfg.diagnostics, self.model, cfg.algorithm.loss_agg,
+                                            temperature=logprob_temperature(cfg.rollout.temperature))
+                            if cfg.diagnostics.enabled else None)
         self.eval_items = self.task.eval_items(cfg.task.eval_items)
         self.state = {"step": 0, "elapsed": 0.0, "best_accuracy": None, "initial_accuracy": None, "last_accuracy": None}
         check_task_data(cfg, self.task, self.tokenizer, self.eval_items)  # data read and checked before the run exists
@@ -218,8 +224,8 @@ class Trainer:
             self._sync_engine()
         times = timer.pop()
         metrics |= {name: times.get(name, 0.0) for name in M.TIME_PHASES if name != M.TIME_EVAL}
-        metrics[M.TIME_STEP] = sum(v for k, v in times.items() if k != M.TIME_EVAL)
-        metrics |= timer.pop_cpu(skip=(M.TIME_EVAL,))  # time_cpu/*, time_thread/*: what concurrent workers do not inflate
+        metrics[M.TIME_STEP] = sum(v for k, v in times.items() if k not in (M.TIME_EVAL, M.TIME_DIAGNOSTICS))
+        metrics |= timer.pop_cpu(skip=(M.TIME_EVAL, M.TIME_DIAGNOSTICS))  # time_cpu/*, time_thread/*: what concurrent workers do not inflate
         metrics[M.COST_FLOP_FLOOR] = self._flop_floor(batch)
         self.state["elapsed"] += metrics[M.TIME_STEP]
         metrics[M.TIME_ELAPSED] = self.state["elapsed"]
@@ -296,7 +302,8 @@ class Trainer:
                 ctx = StepContext(index, microbatches, BatchTotals.of(minibatch, len(microbatches), max_len),
                                   **({"reducer": reducer} if reducer else {}), logprobs=self._logprobs)
                 nonfinite_loss = []
-                result = step_gradients(self.algorithm, self.model, ctx, self._local_work(microbatches),
+                work = self._local_work(microbatches)
+                result = step_gradients(self.algorithm, self.model, ctx, work,
                                         forward_model=self.forward_model, with_entropy=True,
                                         check_loss=lambda loss: self._check_loss(loss, step, nonfinite_loss))
                 for out in result.microbatches:
@@ -310,7 +317,11 @@ class Trainer:
                 sums.end_optimizer_step()
                 if self.ranks.any(bool(nonfinite_loss)):  # every rank stops together
                     raise NonFiniteError(self._nonfinite_message(step, "loss", nonfinite_loss[0] if nonfinite_loss else math.nan))
+                with self.timer.phase(M.TIME_DIAGNOSTICS):  # before clipping: reads the algorithm's gradient
+                    pending = self.diagnostics.prepare(self.model, ctx, work) if self.diagnostics else None
                 sums.add_mean(self._clip_and_step(step))
+                with self.timer.phase(M.TIME_DIAGNOSTICS):
+                    sums.add_mean(self.diagnostics.finish(self.model, pending) if self.diagnostics else {})
         metrics = UpdateMetrics.merge(self.ranks.gather(sums)).result()
         metrics[M.LR] = self.scheduler.get_last_lr()[0]
         metrics |= self._mismatch(first_pass_logp)

@@ -114,7 +114,7 @@ def histories(uri: str, metric: str) -> dict[tuple[str, int], list[tuple[int, fl
 # ------------------------------------------------------------------------------------------------
 def test_leaderboard_tab_shows_the_cli_leaderboard(store, monkeypatch):
     at = run_app(store, monkeypatch)
-    assert [t.label for t in at.tabs] == ["Leaderboard", "Curves", "Overhead", "Run details"]
+    assert [t.label for t in at.tabs] == ["Leaderboard", "Curves", "Overhead", "Run details", "Diagnostics"]
     shown = at.tabs[0].dataframe[0].value.reset_index(drop=True)
     expected = lb.leaderboard(lb.load_runs(store))[list(shown.columns)]
     pd.testing.assert_frame_equal(shown, expected, check_dtype=False)
@@ -218,7 +218,7 @@ def test_dashboard_never_imports_torch(store):
     code = (f"import os, sys; os.environ['MLFLOW_TRACKING_URI'] = {store!r}\n"
             "from streamlit.testing.v1 import AppTest\n"
             f"at = AppTest.from_file({APP!r}, default_timeout=180).run()\n"
-            "assert not at.exception and len(at.tabs) == 4, [e.value for e in at.exception]\n"
+            "assert not at.exception and len(at.tabs) == 5, [e.value for e in at.exception]\n"
             "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith(('torch.', 'isopo_bench.trainer'))))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
@@ -278,3 +278,23 @@ def test_launcher_binds_localhost_and_passes_an_absolute_store(tmp_path, monkeyp
     assert absolute_uri("http://mlflow:5000") == "http://mlflow:5000"
     cmd = streamlit_command("127.0.0.1", 8601)
     assert cmd[cmd.index("--server.address") + 1] == "127.0.0.1" and Path(cmd[4]) == Path(APP)
+
+
+def test_diagnostics_tab_curves_and_accuracy_against_kl(store, monkeypatch):
+    """The runs log diag/ metrics (default cadence: the first optimizer step at least); the tab draws their
+    curves and one point per (algorithm, lr) at the leaderboard's median per-step KL and final accuracy."""
+    at = run_app(store, monkeypatch)
+    tab = at.tabs[4]
+    runs = lb.load_runs(store)
+    by_lr = lb.accuracy_vs_lr(runs)
+    assert by_lr[M.LB_DIAG_KL].notna().all()
+    tradeoff = chart_by_ytitle(tab, "final held-out accuracy (fraction correct)")
+    for algorithm in ALGORITHMS:
+        point = trace(tradeoff, algorithm)
+        row = by_lr[by_lr[M.LB_ALGORITHM] == algorithm].iloc[0]
+        assert point["x"][0] == pytest.approx(row[M.LB_DIAG_KL]) and point["y"][0] == pytest.approx(row[M.LB_ACC_MEAN])
+    kl = chart_by_ytitle(tab, "token KL(pi_before || pi_after) per step (nats)")
+    expected = histories(store, M.DIAG_KL_TOK)
+    line = trace(kl, "reinforce")
+    mean_first = sum(expected[("reinforce", s)][0][1] for s in SEEDS) / len(SEEDS)
+    assert line["y"][0] == pytest.approx(mean_first)

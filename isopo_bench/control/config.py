@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from isopo_bench.config import AlgorithmConfig, OptimConfig, TrackingConfig, experiment_hash
 from isopo_bench.capabilities import check_pairing
+from isopo_bench.diagnostics.settings import DiagnosticsConfig
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,8 @@ class ControlRunConfig:
     """Adam(W) settings; defaults follow docs/seed_methods.md#the-control-track (Adam lr 3e-3)."""
     tracking: TrackingConfig = field(default_factory=lambda: TrackingConfig(experiment="isopo-bench-control"))
     """MLflow settings."""
+    diagnostics: DiagnosticsConfig = field(default_factory=lambda: DiagnosticsConfig(proximity_every=0, alignment_every=0))
+    """Per-step diagnostics: the text track's only (a control policy has no token distribution); refused if on."""
     seed: int = 0
     """Seed of the policy init, the initial states and the action noise."""
     threads: int = 1

@@ -71,6 +71,9 @@ def validate_control_config(cfg: ControlRunConfig) -> None:
     if algorithm_class(cfg.algorithm.name) is None:
         raise ConfigError("algorithm.name", f"unknown algorithm `{cfg.algorithm.name}`", "see isopo_bench.control.registry")
     check_gradient_signal(cfg.algorithm.name, c.env)
+    from isopo_bench.diagnostics.monitor import StepDiagnostics
+
+    StepDiagnostics.validate(cfg.diagnostics, track="control")
     for name in ("num_envs", "hidden", "eval_envs"):
         if getattr(c, name) < 1:
             raise ConfigError(f"control.{name}", "must be >= 1", "use the defaults")

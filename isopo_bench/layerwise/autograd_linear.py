@@ -52,9 +52,13 @@ def transforms_now(module: nn.Module) -> bool:
     return module.training and torch.is_grad_enabled()
 
 
-def linear_forward(module: nn.Linear, weight_grad: WeightGrad) -> Callable:
+def linear_forward(module: nn.Linear, weight_grad: WeightGrad,
+                   when: Callable[[nn.Module], bool] = transforms_now) -> Callable:
+    """`when(module)` decides per call whether the custom Function is used (default: training forwards that
+    build a graph; the diagnostics' capture uses it in any graph-building forward, evaluation mode included)."""
+
     def forward(x: torch.Tensor) -> torch.Tensor:
-        if transforms_now(module) and module.weight.requires_grad:
+        if when(module) and module.weight.requires_grad:
             return LayerwiseLinearFn.apply(x, module.weight, module.bias, weight_grad)
         return F.linear(x, module.weight, module.bias)
 
