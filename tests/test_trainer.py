@@ -22,7 +22,7 @@ def metric_histories(cfg, run_id) -> dict[str, list[tuple[int, float]]]:
 
 
 def deterministic(histories):
-    return {k: v for k, v in histories.items() if not k.startswith(("time/", "rollout/tokens_per_s"))}
+    return {k: v for k, v in histories.items() if not k.startswith(("time/", "time_cpu/", "time_thread/", "rollout/tokens_per_s"))}
 
 
 def random_advantages(rewards_PG: torch.Tensor) -> torch.Tensor:
