@@ -163,7 +163,7 @@ def main(model_dir: str, out_dir: Path) -> None:
 
     # 2. DDP: two steps, a sync after each.
     res["initial"] = compare_weights(engine, policy)
-    dp = DataParallel.setup(policy, None, "ddp")
+    dp = DataParallel.setup(policy, "ddp")
     optimizer = torch.optim.AdamW(policy.parameters(), lr=3e-2)
     res["ddp"] = []
     for step in range(2):
@@ -175,7 +175,7 @@ def main(model_dir: str, out_dir: Path) -> None:
 
     # 3. FSDP2: a fresh policy sharded across the ranks, one step, then a sync (gathers the shards).
     sharded = load_policy(cfg.model, model_dir, torch.device("cpu"))
-    fsdp = DataParallel.setup(sharded, None, "fsdp2")
+    fsdp = DataParallel.setup(sharded, "fsdp2")
     optimizer = torch.optim.AdamW(sharded.parameters(), lr=3e-2)
     train_step(fsdp.forward_model, optimizer, tokenizer, rank, 2)
     start = time.perf_counter()

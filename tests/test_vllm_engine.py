@@ -46,11 +46,11 @@ def setup():
     engine.close()
 
 
-def trainer_logp(model, tokenizer, rollout):
+def trainer_logp(model, tokenizer, rollout, temperature: float = 1.0):
     ids, attn, resp, sampler = pad_and_stack(rollout.prompt_ids, rollout.completion_ids, tokenizer.pad_token_id,
                                              sampler_logps=rollout.sampler_logps)
     with torch.no_grad():
-        logp = sequence_logprobs(model.eval(), TrainBatch(ids, attn, resp, torch.zeros(len(ids))))
+        logp = sequence_logprobs(model.eval(), TrainBatch(ids, attn, resp, torch.zeros(len(ids))), temperature=temperature)
     return sampler, logp, resp
 
 
@@ -70,16 +70,29 @@ def test_greedy_equals_hf_greedy(setup):
 
 @pytest.mark.vllm
 @needs_vllm
-@pytest.mark.parametrize("temperature,top_p", [(1.0, 1.0), (0.7, 0.9)])
-def test_sampler_logprobs_equal_trainer_logprobs_at_temperature_one(setup, temperature, top_p):
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_sampler_logprobs_equal_trainer_logprobs_at_the_rollout_temperature(setup, temperature):
+    """vLLM reports the log-probs of the distribution it sampled (logits / T); the trainer's at the same T agree."""
     _, tokenizer, policy, engine, _, prompts = setup
-    sampling = SamplingSettings(n=3, temperature=temperature, top_p=top_p, max_new_tokens=16, seed=7)
+    sampling = SamplingSettings(n=3, temperature=temperature, top_p=1.0, max_new_tokens=16, seed=7)
     rollout = engine.generate(prompts, sampling)
     assert rollout.prompt_ids == [p for p in prompts for _ in range(3)]  # prompt-major rows
     assert all(len(c) == len(lp) for c, lp in zip(rollout.completion_ids, rollout.sampler_logps))
-    metrics = mismatch_metrics(*trainer_logp(policy, tokenizer, rollout))
+    metrics = mismatch_metrics(*trainer_logp(policy, tokenizer, rollout, temperature))
     assert metrics[M.MISMATCH_MAX_ABS] < 1e-4
     assert metrics[M.MISMATCH_RATIO_MEAN] == pytest.approx(1.0, abs=1e-4)
+
+
+@pytest.mark.vllm
+@needs_vllm
+def test_top_p_sampler_logprobs_include_the_renormalisation(setup):
+    """With top_p < 1 vLLM's log-probs are of the truncated, renormalised distribution: every sampled token's
+    is at least the trainer's (log p - log Z with Z <= 1), and some are strictly larger (docs/conventions.md)."""
+    _, tokenizer, policy, engine, _, prompts = setup
+    rollout = engine.generate(prompts, SamplingSettings(n=3, temperature=0.7, top_p=0.9, max_new_tokens=16, seed=7))
+    sampler, logp, resp = trainer_logp(policy, tokenizer, rollout, 0.7)
+    gap = (sampler - logp)[resp.bool()]
+    assert float(gap.min()) > -1e-4 and float(gap.max()) > 1e-3
 
 
 @pytest.mark.vllm
