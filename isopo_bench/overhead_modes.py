@@ -156,14 +156,22 @@ def run_memory(shape: O.Shape = MEMORY_SHAPE, algorithms=("reinforce",), device:
     return rows
 
 
-def memory_table(rows: list[dict]) -> str:
-    lines = ["| shape | layers | vocab | hidden | T | B | algorithm | variant | peak of one step (MiB) | vs before "
-             "| measured by | chunked head used |", "|---|---:|---:|---:|---:|---:|---|---|---:|---:|---|---|"]
-    for r in rows:
-        lines.append(f"| {r['shape']} | {r['layers']} | {r['vocab']} | {r['hidden']} | {r['T']} | {r['B']} "
-                     f"| {r['algorithm']} | {r['variant']} | {r['peak_step_bytes'] / 2**20:.0f} | {r['vs_before']:.3f} "
-                     f"| {r['measured_by']} | {r['chunked']} |")
+def _markdown(columns: list[tuple[str, str, object]], rows: list[dict]) -> str:
+    """A Markdown table from (header, alignment `---` or `---:`, cell function of a row) columns."""
+    lines = ["| " + " | ".join(h for h, _, _ in columns) + " |", "|" + "|".join(a for _, a, _ in columns) + "|"]
+    lines += ["| " + " | ".join(str(cell(r)) for _, _, cell in columns) + " |" for r in rows]
     return "\n".join(lines)
+
+
+def memory_table(rows: list[dict]) -> str:
+    return _markdown([
+        ("shape", "---", lambda r: r["shape"]), ("layers", "---:", lambda r: r["layers"]),
+        ("vocab", "---:", lambda r: r["vocab"]), ("hidden", "---:", lambda r: r["hidden"]), ("T", "---:", lambda r: r["T"]),
+        ("B", "---:", lambda r: r["B"]), ("algorithm", "---", lambda r: r["algorithm"]), ("variant", "---", lambda r: r["variant"]),
+        ("peak of one step (MiB)", "---:", lambda r: f"{r['peak_step_bytes'] / 2**20:.0f}"),
+        ("vs before", "---:", lambda r: f"{r['vs_before']:.3f}"), ("measured by", "---", lambda r: r["measured_by"]),
+        ("chunked head used", "---", lambda r: r["chunked"]),
+    ], rows)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -218,13 +226,14 @@ def run_per_rollout(shapes, algorithms, repeats: int, warmup: int, minibatches: 
 
 
 def per_rollout_table(rows: list[dict]) -> str:
-    lines = ["| shape | T | B | rollout seqs | algorithm | optimizer steps | median s/rollout batch | ratio vs REINFORCE "
-             "| FLOP floor | measured / floor |", "|---|---:|---:|---:|---|---:|---:|---:|---:|---:|"]
-    for r in rows:
-        lines.append(f"| {r['shape']} | {r['T']} | {r['B']} | {r['rollout_seqs']} | {r['algorithm']} "
-                     f"| {r['optimizer_steps']} | {r['median_s']:.3f} | {r['ratio']:.3f} | {r['floor']:.3f} "
-                     f"| {r['ratio'] / r['floor']:.3f} |")
-    return "\n".join(lines)
+    return _markdown([
+        ("shape", "---", lambda r: r["shape"]), ("T", "---:", lambda r: r["T"]), ("B", "---:", lambda r: r["B"]),
+        ("rollout seqs", "---:", lambda r: r["rollout_seqs"]), ("algorithm", "---", lambda r: r["algorithm"]),
+        ("optimizer steps", "---:", lambda r: r["optimizer_steps"]),
+        ("median s/rollout batch", "---:", lambda r: f"{r['median_s']:.3f}"),
+        ("ratio vs REINFORCE", "---:", lambda r: f"{r['ratio']:.3f}"), ("FLOP floor", "---:", lambda r: f"{r['floor']:.3f}"),
+        ("measured / floor", "---:", lambda r: f"{r['ratio'] / r['floor']:.3f}"),
+    ], rows)
 
 
 def _child(spec: str) -> None:
