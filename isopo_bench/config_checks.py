@@ -13,6 +13,7 @@ from pathlib import Path
 
 
 from isopo_bench.capabilities import check_pairing
+from isopo_bench.diagnostics.monitor import StepDiagnostics
 from isopo_bench.config import ModelConfig, RunConfig
 from isopo_bench.errors import ConfigError, UnknownNameError
 from isopo_bench.plugin_settings import algorithm_settings, run_algorithm_setup, task_settings
@@ -91,6 +92,7 @@ def validate_run_config(cfg: RunConfig) -> None:
         if value < 0:
             raise ConfigError(field_name, f"must be >= 0, got {value}", "use 0 to disable")
     _check_algorithm_section(cfg)
+    StepDiagnostics.validate(cfg.diagnostics)
     algo_cls.validate(run_algorithm_setup(cfg))
     task_cls.validate(dataclasses.replace(cfg.task, settings=task_settings(cfg.task)))
     engine_validate = getattr(ENGINES.get(cfg.rollout.engine), "validate", None)

@@ -89,10 +89,9 @@ class Trainer:
         self.optimizer, self.scheduler = build_optimizer(self.model, cfg.optim)
         self.timer = PhaseTimer(self.device)
         # Per-step diagnostics (isopo_bench.diagnostics): read-only, timed in their own phase.
-        StepDiagnostics.validate(cfg.diagnostics, sharded=self.sharded)
         self.diagnostics = (StepDiagnostics(cfg.diagnostics, self.model, cfg.algorithm.loss_agg,
                                             temperature=logprob_temperature(cfg.rollout.temperature))
-                            if cfg.diagnostics.enabled else None)
+                            if StepDiagnostics.active(cfg.diagnostics, self.sharded) else None)
         self.eval_items = self.task.eval_items(cfg.task.eval_items)
         self.state = {"step": 0, "elapsed": 0.0, "best_accuracy": None, "initial_accuracy": None, "last_accuracy": None}
         check_task_data(cfg, self.task, self.tokenizer, self.eval_items)  # data read and checked before the run exists

@@ -87,7 +87,7 @@ def test_dashboard_renders_in_headless_chromium(tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["title"] == "isopo-bench dashboard"
-    assert result["tabs"] == ["Leaderboard", "Curves", "Overhead", "Run details"]
+    assert result["tabs"] == ["Leaderboard", "Curves", "Overhead", "Run details", "Diagnostics"]
     assert result["exceptions"] == 0
     assert result["dataframes"] >= 1 and result["plotly"] >= 1
     assert [h for h in result["leaderboard_headings"] if SUITE in h and "arithmetic" in h]

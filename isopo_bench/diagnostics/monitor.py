@@ -13,6 +13,8 @@ before and after are read.
 
 from __future__ import annotations
 
+import logging
+
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -30,6 +32,8 @@ from isopo_bench.diagnostics.settings import DiagnosticsConfig
 from isopo_bench.errors import ConfigError
 from isopo_bench.step_driver import MicrobatchWork
 
+
+log = logging.getLogger(__name__)
 
 @dataclass
 class Pending:
@@ -49,7 +53,15 @@ class StepDiagnostics:
         self.capture = ScoreCapture(model) if cfg.alignment_every > 0 else None
 
     @staticmethod
-    def validate(cfg: DiagnosticsConfig, track: str = "text", sharded: bool = False) -> None:
+    def active(cfg: DiagnosticsConfig, sharded: bool) -> bool:
+        """Whether the diagnostics run: enabled, and not on FSDP2 shards (skipped there, said in the log)."""
+        if cfg.enabled and sharded:
+            log.warning("per-step diagnostics skipped: under parallel.mode=fsdp2 a rank holds parameter shards "
+                        "only (use parallel.mode=ddp to measure them)")
+        return cfg.enabled and not sharded
+
+    @staticmethod
+    def validate(cfg: DiagnosticsConfig, track: str = "text") -> None:
         if not cfg.enabled:
             return
         if track != "text":
@@ -57,10 +69,6 @@ class StepDiagnostics:
                               f"the per-step diagnostics measure token distributions of a language model; the "
                               f"`{track}` track has none", "set diagnostics.proximity_every=0 and "
                               "diagnostics.alignment_every=0 there")
-        if sharded:
-            raise ConfigError("diagnostics.proximity_every", "the diagnostics read full parameters and gradients; "
-                              "under parallel.mode=fsdp2 a rank holds shards only",
-                              "use parallel.mode=ddp, or set diagnostics.proximity_every=0 and alignment_every=0")
         for name in ("proximity_every", "alignment_every"):
             if getattr(cfg, name) < 0:
                 raise ConfigError(f"diagnostics.{name}", "must be >= 0", "0 turns it off")

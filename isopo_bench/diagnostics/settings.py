@@ -15,7 +15,8 @@ class DiagnosticsConfig:
     alignment_every: int = 20
     """Natural-gradient alignment (cosines with the damped natural gradient, Fisher length of the update)
     every this many optimizer steps, the first always; 0 = off. With proximity_every=4 the default keeps the
-    quick tier's extra wall time under 15% (measured: DIAG_README_SECTION.md)."""
+    quick tier's extra wall time under 15% (measured: README, "Per-step diagnostics"). Under FSDP2
+    (sharded parameters) both are skipped, with a log line: they need full parameters and gradients."""
     rhos: tuple[float, ...] = (1e-2, 1.0)
     """Damping levels rho: lambda = rho * tr(K) / B^2 (per layer: rho * tr(K_l) / B^2)."""
     kl_chunk: int = 1024
