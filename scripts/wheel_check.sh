@@ -12,6 +12,8 @@ WORK="${1:-$(mktemp -d)}"
 mkdir -p "$WORK"
 PY="$ROOT/.venv/bin/python"
 SITE="$("$PY" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
+# setuptools >= 70.1 builds wheels itself (older ones need the `wheel` package for bdist_wheel).
+"$PY" -m pip install -q "setuptools>=70.1"
 "$PY" -m pip wheel -q --no-deps --no-build-isolation -w "$WORK/dist" "$ROOT"
 python3 -m venv "$WORK/venv"
 FRESH_SITE="$("$WORK/venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
