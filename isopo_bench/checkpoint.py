@@ -12,7 +12,6 @@ run folder shared on a cluster cannot execute code in the process that resumes i
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import random
@@ -25,6 +24,7 @@ from safetensors.torch import load_model, save_model
 
 from isopo_bench.errors import IsopoBenchError
 from isopo_bench.finite_guard import check_finite_model
+from isopo_bench.model_identity import file_sha256
 
 CHECKPOINT_DIR = "checkpoint"
 FULL_STATES = "full_states.pt"
@@ -111,14 +111,6 @@ def read_trainer_state(run_dir: Path) -> dict | None:
         raise CheckpointError(f"the checkpoint file {path} is unreadable ({exc}). Fix: {damaged_fix(folder)}") from None
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _fsync(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -132,7 +124,7 @@ def write_manifest(folder: Path) -> None:
     files = {}
     for path in sorted(p for p in folder.iterdir() if p.is_file() and p.name != MANIFEST):
         _fsync(path)
-        files[path.name] = {"bytes": path.stat().st_size, "sha256": _sha256(path)}
+        files[path.name] = {"bytes": path.stat().st_size, "sha256": file_sha256(path)}
     tmp = folder / f"{MANIFEST}.tmp"
     tmp.write_text(json.dumps({"format": MANIFEST_FORMAT, "files": files}, indent=1))
     _fsync(tmp)
@@ -165,7 +157,7 @@ def verify_checkpoint(folder: Path) -> None:
     if _VERIFIED.get(str(folder)) == signature:
         return  # hashed by this process already (the resume preflight) and not touched since
     for name, entry in files.items():
-        if _sha256(folder / name) != entry["sha256"]:
+        if file_sha256(folder / name) != entry["sha256"]:
             raise CheckpointError(f"the checkpoint file {folder / name} is damaged: its content differs from what was "
                                   f"written (sha256 mismatch). Fix: {damaged_fix(folder)}")
     _VERIFIED[str(folder)] = signature

@@ -29,13 +29,24 @@ def model_identity(name: str) -> str:
     return _folder_digest(str(path.resolve()), stamp)
 
 
+def feed_file(digest, path) -> None:
+    """Stream a file into a hashlib digest (1 MiB blocks: model files do not fit a read)."""
+    with open(path, "rb") as f:
+        while block := f.read(_CHUNK):
+            digest.update(block)
+
+
+def file_sha256(path) -> str:
+    digest = hashlib.sha256()
+    feed_file(digest, path)
+    return digest.hexdigest()
+
+
 @functools.lru_cache(maxsize=64)
 def _folder_digest(folder: str, stamp: tuple) -> str:
     # `stamp` (names, sizes, mtimes) is the cache key: a rewritten file is hashed again.
     digest = hashlib.sha256()
     for name, _, _ in stamp:
         digest.update(name.encode() + b"\0")
-        with open(os.path.join(folder, name), "rb") as f:
-            while block := f.read(_CHUNK):
-                digest.update(block)
+        feed_file(digest, os.path.join(folder, name))
     return f"content:{digest.hexdigest()[:16]}"

@@ -13,7 +13,6 @@ The weights are Q4_1-quantised then dequantised, so they differ slightly from th
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import logging
@@ -22,6 +21,7 @@ import shutil
 from pathlib import Path
 
 from isopo_bench.errors import ConfigError
+from isopo_bench.model_identity import file_sha256
 from isopo_bench.models import cache_root
 
 log = logging.getLogger(__name__)
@@ -73,20 +73,12 @@ def convert(source: Path, out: Path) -> None:
     model.tie_weights()
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
-    (out / "conversion.json").write_text(json.dumps({"source": str(source), "sha256": _sha256(source)}, indent=1))
+    (out / "conversion.json").write_text(json.dumps({"source": str(source), "sha256": file_sha256(source)}, indent=1))
 
 
 def _require_gguf() -> None:
     if importlib.util.find_spec("gguf") is None:
         raise ConfigError("model.name_or_path", "reading GGUF files needs the `gguf` package", INSTALL_FIX)
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def main(argv: list[str] | None = None) -> int:

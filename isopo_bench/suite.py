@@ -22,7 +22,8 @@ from pathlib import Path
 
 from isopo_bench.config import RunConfig, replace
 from isopo_bench.errors import IsopoBenchError
-from isopo_bench.suite_backends import BACKENDS, Outcome, check_backend, check_workers, run_backend
+from isopo_bench.suite_backends import BACKENDS, check_backend, check_workers, run_backend
+from isopo_bench.suite_run import Outcome
 from isopo_bench.suites import SUITES, Suite, estimate_lines, get_suite, param_count
 
 log = logging.getLogger(__name__)
@@ -223,7 +224,7 @@ def print_report(suite: Suite, options: SuiteOptions, outcomes: list[Outcome], s
 
 def print_held_elsewhere(outcomes: list[Outcome]) -> None:
     """Runs another live process was training: skipped here, neither run twice nor marked FAILED."""
-    from isopo_bench.suite_backends import SKIPPED_LOCKED
+    from isopo_bench.suite_run import SKIPPED_LOCKED
 
     held = [o for o in outcomes if o.status == SKIPPED_LOCKED]
     for o in held:

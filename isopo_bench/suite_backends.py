@@ -22,13 +22,13 @@ all of them at the same path:
 - --output-dir (checkpoints: a resumed run must find its checkpoint wherever it lands), the warm-start cache
   ($ISOPO_BENCH_CACHE) and --data-dir: a shared filesystem;
 - isopo-bench itself, installed in the same Python environment on every node.
-Relative paths are made absolute on the driver before runs are shipped.
+Relative paths are made absolute on the driver before runs are shipped. What a worker does with one run
+(train it, skip it, or record its failure) is isopo_bench.suite_run.
 """
 
 from __future__ import annotations
 
 import concurrent.futures as cf
-import dataclasses
 import importlib.util
 import json
 import logging
@@ -44,6 +44,7 @@ from typing import TYPE_CHECKING
 
 from isopo_bench.config import RunConfig, replace
 from isopo_bench.errors import ConfigError, IsopoBenchError
+from isopo_bench.suite_run import Outcome, execute, execute_on_worker, quiet_worker
 
 if TYPE_CHECKING:
     from isopo_bench.suite import SuiteOptions
@@ -51,7 +52,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 BACKENDS = ("local", "ray", "slurm")
-SKIPPED_LOCKED = "SKIPPED-LOCKED"
 CLUSTER_PINS = "ray[default]==2.60.0 and submitit==1.5.4"
 PIP_FIX = f"pip install 'isopo-bench[cluster]' (pins {CLUSTER_PINS})"
 BACKEND_PACKAGE = {"ray": "ray", "slurm": "submitit"}
@@ -64,17 +64,6 @@ SLURM_ACTIVE_STATES = {"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "REQUE
 SLURM_POLL_S = 2.0
 # Forwarded to Ray workers on other machines (a local instance's workers inherit the environment anyway).
 FORWARDED_ENV_PREFIXES = ("ISOPO_BENCH_", "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "HF_HOME")
-
-
-@dataclasses.dataclass
-class Outcome:
-    cfg: RunConfig
-    status: str
-    """FINISHED, FAILED, SKIPPED-FINISHED / SKIPPED-FAILED for runs the ledger already held, or SKIPPED-LOCKED
-    for a run another live process is training (isopo_bench.run_lock)."""
-    seconds: float = 0.0
-    accuracy: float | None = None
-    error: str = ""
 
 
 # ------------------------------------------------------------------------------------------------
@@ -142,99 +131,6 @@ def _relative_sqlite(uri: str) -> bool:
 
 
 # ------------------------------------------------------------------------------------------------
-def execute(cfg: RunConfig, resume: bool) -> Outcome:
-    """Train one run; any exception becomes a FAILED outcome (and a FAILED MLflow record)."""
-    from isopo_bench.trainer import train
-
-    from isopo_bench.run_lock import RunLockedError
-
-    start = time.perf_counter()
-    settled = _settled_since_planned(cfg, resume)
-    if settled:  # another invocation finished it after this one read the ledger
-        return Outcome(cfg, f"SKIPPED-{settled}")
-    try:
-        result = train(cfg, resume=resume or _started_since_planned(cfg))
-    except RunLockedError as exc:  # another process is training it: not ours to run or to mark
-        return Outcome(cfg, SKIPPED_LOCKED, time.perf_counter() - start, error=str(exc))
-    except Exception as exc:  # noqa: BLE001 - one bad run must not stop the suite
-        message = f"{type(exc).__name__}: {exc}"
-        _mark_failed(cfg, message)
-        return Outcome(cfg, "FAILED", time.perf_counter() - start, error=message)
-    return Outcome(cfg, result.status, time.perf_counter() - start, result.final_accuracy)
-
-
-def _mark_failed(cfg: RunConfig, message: str) -> None:
-    """The trainer marks failures inside its loop; one raised while loading or saving would leave the
-    MLflow run RUNNING (read as incomplete), so close it here."""
-    from mlflow.tracking import MlflowClient
-
-    from isopo_bench import metric_names as M
-    from isopo_bench.run_store import RUN_INFO, run_dir_for
-
-    from mlflow.exceptions import MlflowException
-
-    from isopo_bench.run_lock import RunLock
-
-    info = run_dir_for(cfg) / RUN_INFO
-    if not info.exists():
-        return
-    lock = RunLock.try_hold(info.parent, create=False)
-    if lock is None:  # another live process holds the run: its record is not this suite's to close
-        return
-    try:
-        data = json.loads(info.read_text())
-        client = MlflowClient(data["tracking_uri"])
-        if client.get_run(data["run_id"]).info.status == "RUNNING":
-            client.set_tag(data["run_id"], M.TAG_STATUS_DETAIL, message[:4000])
-            client.set_terminated(data["run_id"], "FAILED")
-    except (MlflowException, OSError, ValueError, KeyError):
-        pass  # its store is gone or unreadable: the outcome still reports the failure
-    finally:
-        lock.release()
-
-
-def _started_since_planned(cfg: RunConfig) -> bool:
-    """The run folder exists now (another invocation started the run after the ledger was read)."""
-    from isopo_bench.run_store import RUN_INFO, run_dir_for
-
-    return (run_dir_for(cfg) / RUN_INFO).exists()
-
-
-def _settled_since_planned(cfg: RunConfig, resume: bool) -> str | None:
-    """FINISHED when the run planned as new was finished meanwhile by another invocation on the same store."""
-    from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
-
-    from isopo_bench.run_store import RUN_INFO, run_dir_for
-
-    info = run_dir_for(cfg) / RUN_INFO
-    if resume or not info.exists():
-        return None
-    try:
-        data = json.loads(info.read_text())
-        status = MlflowClient(data["tracking_uri"]).get_run(data["run_id"]).info.status
-    except (MlflowException, OSError, ValueError, KeyError):
-        return None
-    return "FINISHED" if status == "FINISHED" else None
-
-
-def _quiet_worker(threads: int) -> None:
-    """A worker process: `threads` torch threads and no per-run progress bars (the runner reports
-    progress). A run's own `threads` setting, when set, still wins (the trainer applies it)."""
-    os.environ.update(OMP_NUM_THREADS=str(threads), TQDM_DISABLE="1", HF_HUB_DISABLE_PROGRESS_BARS="1",
-                      TRANSFORMERS_VERBOSITY="error")
-    import torch
-
-    torch.set_num_threads(threads)
-
-
-def execute_on_worker(cfg: RunConfig, resume: bool, threads: int) -> Outcome:
-    """The body of a Ray task or submitit job."""
-    _quiet_worker(threads)
-    return execute(cfg, resume)
-
-
-# ------------------------------------------------------------------------------------------------
 def _init_pool_worker(slot=None, cores: tuple[int, ...] = ()) -> None:
     """Spawned pool worker: one thread (two single-thread workers use two cores better than one two-thread
     run: the tiny model's ops are too small to split), pinned to its own core (`slot` counts workers; timings
@@ -251,7 +147,7 @@ def _init_pool_worker(slot=None, cores: tuple[int, ...] = ()) -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG = 1
         if os.getppid() == 1:  # the parent died before prctl took effect
             os._exit(1)
-    _quiet_worker(1)
+    quiet_worker(1)
 
 
 def run_local(todo: list[tuple[RunConfig, bool]], workers: int) -> Iterator[Outcome]:

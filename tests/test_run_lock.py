@@ -26,7 +26,7 @@ from mlflow.tracking import MlflowClient
 from isopo_bench import cli
 from isopo_bench import metric_names as M
 from isopo_bench.run_lock import LOCK_FILE, RunLock, RunLockedError
-from isopo_bench.suite_backends import SKIPPED_LOCKED, _mark_failed
+from isopo_bench.suite_run import SKIPPED_LOCKED, _mark_failed
 
 PY = sys.executable
 ENV = dict(os.environ, PYTHONUNBUFFERED="1", TQDM_DISABLE="1")
@@ -190,10 +190,10 @@ def test_two_suites_on_one_store_train_each_run_once(workdir):
 
 
 def test_every_backend_skips_a_run_another_process_holds(tmp_path):
-    """Ray tasks and SLURM jobs run suite_backends.execute too: a held run is reported, not trained or marked."""
+    """Ray tasks and SLURM jobs run suite_run.execute too: a held run is reported, not trained or marked."""
     from conftest import smoke_config
     from isopo_bench.run_store import run_dir_for
-    from isopo_bench.suite_backends import execute
+    from isopo_bench.suite_run import execute
 
     cfg = smoke_config(tmp_path)
     lock = RunLock.hold(run_dir_for(cfg))
