@@ -102,6 +102,7 @@ TAG_VERSION = "isopo_bench_version"
 TAG_SUITE = "suite"
 TAG_SCORER_VERSION = "scorer_version"
 TAG_LR = "lr"
+TAG_OPTIMIZER = "optimizer"  # optim.optimizer: adamw | sgd (runs from before the optimizer axis read adamw)
 TAG_MACHINE = "machine"
 TAG_STATUS_DETAIL = "status_detail"
 
@@ -117,6 +118,7 @@ LB_TASK = TAG_TASK
 LB_MODEL = TAG_MODEL
 LB_ALGORITHM = TAG_ALGORITHM
 LB_LR = TAG_LR
+LB_OPTIMIZER = TAG_OPTIMIZER
 LB_SEED = TAG_SEED
 LB_COMMIT = TAG_COMMIT
 LB_CONFIG_HASH = TAG_CONFIG_HASH
