@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from isopo_bench import metric_names as M
+from isopo_bench.start_check import START_COLUMNS, require_single_start, select_start_hash, start_columns
 
 GROUP = [M.LB_SUITE, M.LB_TASK, M.LB_MODEL]
 REINFORCE = "reinforce"
@@ -29,7 +30,7 @@ RUN_COLUMNS = [
 # Per-step diagnostics (isopo_bench.diagnostics): per run the median over steps; per (algorithm, lr) the
 # mean over seeds (the KL with its 95% interval over seeds). NaN for runs logged without diagnostics.
 DIAG_RUN = {M.LB_DIAG_KL: M.DIAG_KL_TOK, M.LB_DIAG_COS: M.DIAG_COS_UPDATE_NAT, M.LB_DIAG_GAIN_PER_KL: M.DIAG_SURROGATE_PER_KL}
-RUN_COLUMNS += list(DIAG_RUN)
+RUN_COLUMNS += list(DIAG_RUN) + START_COLUMNS
 DIAG_LR_COLUMNS = [M.LB_DIAG_KL, M.LB_DIAG_KL_CI_LO, M.LB_DIAG_KL_CI_HI, M.LB_DIAG_COS, M.LB_DIAG_GAIN_PER_KL]
 COUNTS = [M.LB_N_FINISHED, M.LB_N_FAILED, M.LB_N_INCOMPLETE]
 PROVENANCE = [M.LB_COMMITS, M.LB_CONFIG_HASHES, M.LB_MACHINE]
@@ -147,7 +148,7 @@ def _run_row(client, run) -> dict:
         M.LB_MACHINE: tags.get(M.TAG_MACHINE, ""), M.LB_STATUS_DETAIL: tags.get(M.TAG_STATUS_DETAIL, ""),
         M.LB_START_TIME: run.info.start_time,
         M.LB_UPDATE_CPU_S: _median(hist[M.TIME_CPU_UPDATE]), M.LB_FLOOR: _median(hist[M.COST_FLOP_FLOOR]),
-    } | {column: _median(hist[metric]) for column, metric in DIAG_RUN.items()}
+    } | {column: _median(hist[metric]) for column, metric in DIAG_RUN.items()} | start_columns(tags)
 
 
 def _median(points: list[tuple[int, float]]) -> float:
@@ -257,6 +258,7 @@ def leaderboard(runs_df: pd.DataFrame, baseline: str = REINFORCE, threshold: flo
     """One row per (suite, task, model, algorithm) (BOARD_COLUMNS). Accuracy, CI, equal-budget accuracy and
     steps to threshold are at the algorithm's best learning rate (highest mean final accuracy); the
     threshold defaults to default_threshold of the group."""
+    require_single_start(runs_df, GROUP)  # runs from different starting weights are never compared (start_check)
     by_lr, runs = accuracy_vs_lr(runs_df), with_budget_accuracy(runs_df)
     diffs = paired_differences(runs_df, baseline).set_index([*GROUP, M.LB_ALGORITHM])
     rows = []
@@ -374,6 +376,8 @@ def main(argv: list[str]) -> int:
     p.add_argument("--baseline", default=REINFORCE, help="algorithm the paired differences are taken against")
     p.add_argument("--threshold", type=float, default=None,
                    help="accuracy for steps-to-threshold (default: half-way from the initial to the best final)")
+    p.add_argument("--start-hash", default="", help="keep the runs that started from these weights (a start_hash "
+                   "tag, its leading hex digits, or `unknown`); needed when a group mixes starting points")
     p.add_argument("--csv", default="", help="write the full leaderboard as CSV")
     p.add_argument("--markdown", default="", help="write the leaderboard and the per-LR table as Markdown")
     args = p.parse_args(argv)
@@ -384,7 +388,7 @@ def main(argv: list[str]) -> int:
     from isopo_bench.store_init import require_store
 
     uri = require_store(uri)  # a missing store is an error, never created empty
-    runs = load_runs(uri, args.experiment, args.suite)
+    runs = select_start_hash(load_runs(uri, args.experiment, args.suite), args.start_hash)
     board, by_lr = leaderboard(runs, args.baseline, args.threshold), accuracy_vs_lr(runs)
     for suite, part in board.groupby(M.LB_SUITE):
         print(f"\n## {suite or '(no suite)'}\n\n{to_markdown(part, DISPLAY_COLUMNS)}")

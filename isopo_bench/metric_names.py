@@ -105,6 +105,10 @@ TAG_LR = "lr"
 TAG_OPTIMIZER = "optimizer"  # optim.optimizer: adamw | sgd (runs from before the optimizer axis read adamw)
 TAG_MACHINE = "machine"
 TAG_STATUS_DETAIL = "status_detail"
+TAG_START_HASH = "start_hash"
+"""Content hash of the run's starting weights (`content:<hex>`; `hub:<id>` for a hub model; isopo_bench.start_point)."""
+TAG_MODEL_DISPLAY = "model_display"
+"""Readable name of the starting model, e.g. `tiny-qwen3 0.605M + warm start arithmetic(max_operand=9) [1a2b3c4d]`."""
 
 # Leaderboard columns (isopo_bench.leaderboard; the dashboard and the CSV/Markdown exports use these names).
 # Per run (load_runs):
@@ -123,6 +127,9 @@ LB_SEED = TAG_SEED
 LB_COMMIT = TAG_COMMIT
 LB_CONFIG_HASH = TAG_CONFIG_HASH
 LB_MACHINE = TAG_MACHINE
+LB_START_HASH = TAG_START_HASH
+"""`unknown` for runs recorded before the tag existed (isopo_bench.start_check)."""
+LB_MODEL_DISPLAY = TAG_MODEL_DISPLAY
 LB_STEPS = "steps_done"
 LB_PLANNED_STEPS = "steps_planned"
 LB_FINAL_ACC = "final_accuracy"

@@ -74,18 +74,15 @@ def warm_start_base(suite: Suite, train: bool = True) -> tuple[RunConfig, Path |
     """The suite's base with model.init_from set to its warm start; (base, None) when it has none, or when
     train=False and it is not cached yet. One warm start (seed 0) serves every seed of the suite, so
     seeds vary the RL run only. It uses the runs' thread count (1), not the idle workers' cores: its
-    cache key ignores threads, and its weights must not depend on --workers."""
+    weights must not depend on --workers."""
     if not suite.warm_start:
         return suite.base, None
-    from isopo_bench.models import cache_root
-    from isopo_bench.warmstart import from_run_config, warm_start
+    from isopo_bench.warmstart import find_warm_start, from_run_config, warm_start
 
     ws_cfg = dataclasses.replace(from_run_config(replace(suite.base, seed=0)), threads=suite.base.threads,
                                  **dict(suite.warm_start_settings))
-    folder = cache_root() / "warmstart" / ws_cfg.key()  # the cache layout of warmstart.warm_start
-    if train:
-        folder = warm_start(ws_cfg)
-    elif not (folder / "warmstart.json").exists():
+    folder = warm_start(ws_cfg) if train else find_warm_start(ws_cfg)  # shipped, cached, or (train) trained
+    if folder is None:
         return suite.base, None
     return replace(suite.base, **{"model.init_from": str(folder)}), folder
 
@@ -305,7 +302,7 @@ def dry_run(suite: Suite, options: SuiteOptions) -> int:
           f"({grids}) x {len(suite.seeds)} seeds")
     checks = [_check_data(first, problems), model_line, _engine_line(first)]
     if suite.warm_start:
-        checks.append(f"warm start: {'cached at ' + str(folder) if folder else 'not cached yet (trained first, once)'}")
+        checks.append(f"warm start: {'found at ' + str(folder) if folder else 'not shipped or cached yet (trained first, once)'}")
     print("checks:\n" + "\n".join(f"  {line}" for line in checks))
     _print_plan(configs, options, suite.label)
     print(suite.budget)
