@@ -55,7 +55,8 @@ def verify_manifest(folder: Path) -> None:
     if present != set(expected):
         missing, unlisted = sorted(set(expected) - present), sorted(present - set(expected))
         raise ShippedWarmStartError(f"shipped warm start {folder} does not hold the files its manifest lists "
-                                    f"(missing: {missing or 'none'}; not in the manifest: {unlisted or 'none'}). Fix: {fix}")
+                                    f"(missing: {missing or 'none'}; not in the manifest: {unlisted or 'none'}). "
+                                    f"Fix: {fix}")
     for name, digest in expected.items():
         actual = file_sha256(folder / name)
         if actual != digest:

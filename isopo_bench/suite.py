@@ -302,7 +302,8 @@ def dry_run(suite: Suite, options: SuiteOptions) -> int:
           f"({grids}) x {len(suite.seeds)} seeds")
     checks = [_check_data(first, problems), model_line, _engine_line(first)]
     if suite.warm_start:
-        checks.append(f"warm start: {'found at ' + str(folder) if folder else 'not shipped or cached yet (trained first, once)'}")
+        found = f"found at {folder}" if folder else "not shipped or cached yet (trained first, once)"
+        checks.append(f"warm start: {found}")
     print("checks:\n" + "\n".join(f"  {line}" for line in checks))
     _print_plan(configs, options, suite.label)
     print(suite.budget)

@@ -168,7 +168,8 @@ def test_shipped_folder_that_does_not_match_its_manifest_is_refused(trained, tmp
     data = bytearray(weights.read_bytes())
     data[-1] ^= 1  # one bit of one weight
     weights.write_bytes(bytes(data))
-    with pytest.raises(shipping.ShippedWarmStartError, match=r"model\.safetensors has sha256 .* manifest says .*Fix: restore"):
+    damaged = r"model\.safetensors has sha256 .* manifest says .*Fix: restore"
+    with pytest.raises(shipping.ShippedWarmStartError, match=damaged):
         warm_start(cfg)
     weights.write_bytes((folder / "model.safetensors").read_bytes())
     assert warm_start(cfg) == shipped  # repaired
@@ -200,8 +201,9 @@ def test_export_from_the_command_line(trained, tmp_path, monkeypatch, capsys):
     assert shipping.shipped_folder(cfg.key(), tmp_path / "ship") == tmp_path / "ship" / cfg.key()
 
 
-def test_a_real_run_records_its_start_hash_model_and_display(trained, tmp_path):
+def test_a_real_run_records_its_start_hash_model_and_display(trained, tmp_path, monkeypatch):
     cfg, folder = trained
+    monkeypatch.chdir(tmp_path)  # MLflow's artifacts land next to the store, not in the checkout
     run = train(smoke_config(tmp_path, **{"model.init_from": str(folder), "optim.steps": 1}))
     tags = MlflowClient(smoke_config(tmp_path).tracking.uri).get_run(run.run_id).data.tags
     start = hand_start_hash(folder)
