@@ -39,8 +39,9 @@ def test_quick_suite_grid():
     suite = get_suite("quick")
     configs = suite.configs()
     assert len(configs) == 5 * 3 * 3 and len({c.config_hash() for c in configs}) == 45
-    assert {c.tracking.suite for c in configs} == {"quick@v2"}
-    assert max(suite.lrs) / min(suite.lrs) == pytest.approx(9.0) and suite.warm_start
+    assert {c.tracking.suite for c in configs} == {"quick@v3"}
+    assert max(suite.lrs) / min(suite.lrs) == pytest.approx(6.25) and suite.warm_start
+    assert dict(suite.warm_start_settings) == {"direct_answer_fraction": 0.6}
     assert [c.seed for c in configs[:15]] == [0] * 15  # seed-major: a partial suite has whole seeds
     assert configs[0].task.eval_items >= 500 and configs[0].threads == 1
     for cfg in configs:  # everything but the compared axes is shared
@@ -48,10 +49,22 @@ def test_quick_suite_grid():
                        **{"optim.lr": suite.base.optim.lr, "tracking.run_name": "", "tracking.suite": "",
                           "tracking.algorithm_label": ""})
         assert back == suite.base
-    assert get_suite("quick@v2").label == "quick@v2"
+    assert get_suite("quick@v3").label == "quick@v3"
     assert {c.tracking.algorithm_label for c in configs} == set(suite.algorithms)  # the leaderboard's names
-    with pytest.raises(UnknownNameError, match="version 2"):
+    with pytest.raises(UnknownNameError, match="version 3"):
         get_suite("quick@v7")
+
+
+def test_cpu_suite_grid_crosses_seven_algorithms_with_two_optimizers():
+    suite = get_suite("cpu")
+    configs = suite.configs()
+    assert len(configs) == 7 * (3 + 3) * 5 == len({c.config_hash() for c in configs})
+    assert {"dapo", "drgrpo", "isopo", "isopo-interacting", "reinforce", "grpo", "cispo"} == set(suite.algorithms)
+    lrs = {opt: sorted({c.optim.lr for c in configs if c.optim.optimizer == opt}) for opt in ("adamw", "sgd")}
+    assert lrs == {"adamw": [1.2e-5, 3e-5, 7.5e-5], "sgd": [1.5e-3, 4e-3, 1e-2]}
+    assert [c.seed for c in configs[:42]] == [0] * 42  # seed-major: an interrupted suite holds whole seeds
+    quick = get_suite("quick")
+    assert suite.base == quick.base and suite.warm_start_settings == quick.warm_start_settings  # one tier
 
 
 GSM8K = Path(os.environ.get("ISOPO_BENCH_GSM8K_DIR") or Path(__file__).resolve().parents[2] / "shared/data/gsm8k")
