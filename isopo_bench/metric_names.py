@@ -104,6 +104,14 @@ TAG_SCORER_VERSION = "scorer_version"
 TAG_LR = "lr"
 TAG_MACHINE = "machine"
 TAG_STATUS_DETAIL = "status_detail"
+TAG_OPTIMIZER = "optimizer"
+"""`adamw` or `sgd` (OptimConfig.optimizer); runs recorded before the tag existed read as `adamw`."""
+TAG_ITEMS_CORRECT = "eval_items_correct"
+"""Per-item greedy correctness of the latest evaluation, in evaluation order (isopo_bench.item_record)."""
+TAG_ITEMS_DIGEST = "eval_items_digest"
+"""Short hash of the evaluated items: runs are paired item by item only when it agrees."""
+TAG_ITEMS_STEP = "eval_items_step"
+"""Training step of the evaluation TAG_ITEMS_CORRECT records."""
 
 # Leaderboard columns (isopo_bench.leaderboard; the dashboard and the CSV/Markdown exports use these names).
 # Per run (load_runs):
@@ -121,6 +129,11 @@ LB_SEED = TAG_SEED
 LB_COMMIT = TAG_COMMIT
 LB_CONFIG_HASH = TAG_CONFIG_HASH
 LB_MACHINE = TAG_MACHINE
+LB_OPTIMIZER = "optimizer"
+LB_ITEMS_CORRECT = TAG_ITEMS_CORRECT
+"""Per run: numpy uint8 array of the last evaluation's per-item correctness (empty when not recorded)."""
+LB_ITEMS_DIGEST = TAG_ITEMS_DIGEST
+LB_ITEMS_STEP = TAG_ITEMS_STEP
 LB_STEPS = "steps_done"
 LB_PLANNED_STEPS = "steps_planned"
 LB_FINAL_ACC = "final_accuracy"
