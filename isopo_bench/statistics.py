@@ -104,7 +104,8 @@ def paired_t_power(delta: float, sd_diff: float, n: int, alpha: float = 0.05) ->
     """Exact power of the two-sided paired t-test at true mean difference delta (noncentral t)."""
     df, crit = n - 1, t_quantile(1 - alpha / 2, n - 1)
     nc = delta * math.sqrt(n) / sd_diff
-    return float(stats.nct.sf(crit, df, nc) + stats.nct.cdf(-crit, df, nc))
+    # P(T < -crit) written as the upper tail at -nc: scipy's lower-tail cdf returns NaN far out.
+    return float(stats.nct.sf(crit, df, nc) + stats.nct.sf(crit, df, -nc))
 
 
 def mde_noncentral(sd_diff: float, n: int, alpha: float = 0.05, power: float = 0.8) -> float:
