@@ -156,6 +156,8 @@ def check_value_ranges(cfg: RunConfig) -> None:
     if len(o.betas) != 2 or not all(math.isfinite(b) and 0 <= b < 1 for b in o.betas):
         raise ConfigError("optim.betas", f"each must be in [0, 1), got {' '.join(map(str, o.betas))}",
                           "use the AdamW default --optim.betas 0.9 0.999")
+    if not (math.isfinite(o.momentum) and 0 <= o.momentum < 1):
+        raise ConfigError("optim.momentum", f"must be in [0, 1), got {o.momentum}", "use 0.9 (heavy-ball), or 0 for plain SGD")
     _positive("task.eval_items", cfg.task.eval_items, "score at least one held-out item (e.g. 128)")
     if cfg.task.eval_items > MAX_RECORDED_ITEMS:  # each run records every item's correctness in one MLflow tag
         raise ConfigError("task.eval_items", f"{cfg.task.eval_items} items exceed the {MAX_RECORDED_ITEMS} whose "

@@ -104,6 +104,7 @@ class RunStore:
             M.TAG_MODEL: cfg.model.init_from or cfg.model.name_or_path,
             M.TAG_SEED: cfg.seed,
             M.TAG_LR: cfg.optim.lr,
+            M.TAG_OPTIMIZER: cfg.optim.optimizer,
             M.TAG_COMMIT: git_commit(),
             M.TAG_CONFIG_HASH: cfg.config_hash(),
             M.TAG_VERSION: __version__,

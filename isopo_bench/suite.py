@@ -80,7 +80,8 @@ def warm_start_base(suite: Suite, train: bool = True) -> tuple[RunConfig, Path |
     from isopo_bench.models import cache_root
     from isopo_bench.warmstart import from_run_config, warm_start
 
-    ws_cfg = dataclasses.replace(from_run_config(replace(suite.base, seed=0)), threads=suite.base.threads)
+    ws_cfg = dataclasses.replace(from_run_config(replace(suite.base, seed=0)), threads=suite.base.threads,
+                                 **dict(suite.warm_start_settings))
     folder = cache_root() / "warmstart" / ws_cfg.key()  # the cache layout of warmstart.warm_start
     if train:
         folder = warm_start(ws_cfg)
@@ -300,8 +301,9 @@ def dry_run(suite: Suite, options: SuiteOptions) -> int:
             problems.append(str(exc))
     first = configs[0]
     model_line, params = _check_model(first)
+    grids = " + ".join(f"{len(a.lrs)} {a.optimizer} learning rates" for a in suite.optimizer_arms)
     print(f"suite {suite.label}: {suite.description}\n{len(configs)} runs = {len(suite.algorithms)} algorithms x "
-          f"{len(suite.lrs)} learning rates x {len(suite.seeds)} seeds")
+          f"({grids}) x {len(suite.seeds)} seeds")
     checks = [_check_data(first, problems), model_line, _engine_line(first)]
     if suite.warm_start:
         checks.append(f"warm start: {'cached at ' + str(folder) if folder else 'not cached yet (trained first, once)'}")

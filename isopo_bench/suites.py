@@ -45,6 +45,17 @@ class Estimate:
 
 
 @dataclass(frozen=True)
+class OptimizerArm:
+    """One optimizer of a suite with its own learning-rate grid (SGD's scale differs from AdamW's by orders
+    of magnitude, so one grid cannot bracket both)."""
+
+    optimizer: str
+    """optim.optimizer: adamw | sgd."""
+    lrs: tuple[float, ...]
+    """Learning rates tried with this optimizer; the best of each algorithm must lie inside the grid."""
+
+
+@dataclass(frozen=True)
 class Suite:
     name: str
     version: int
@@ -54,9 +65,15 @@ class Suite:
     """Algorithm preset names: any preset a registered algorithm declares (built-in or an entry-point
     plug-in's; isopo_bench.plugin_settings.algorithm_presets)."""
     lrs: tuple[float, ...]
+    """The learning-rate grid of the base config's optimizer (when `arms` is empty)."""
     seeds: tuple[int, ...]
+    arms: tuple[OptimizerArm, ...] = ()
+    """Optimizer axis: each arm runs every algorithm over its own lr grid; empty = one arm, the base
+    config's optimizer with `lrs`."""
     warm_start: bool = False
     """Start every run from the cached SFT warm start of the base model (isopo_bench.warmstart)."""
+    warm_start_settings: tuple[tuple[str, object], ...] = ()
+    """WarmStartConfig fields that differ from the defaults for this suite's warm start."""
     budget: str = ""
     """The arithmetic behind steps, batch and evaluation cadence."""
     estimate: Estimate | None = None
@@ -67,17 +84,24 @@ class Suite:
     def label(self) -> str:
         return f"{self.name}@v{self.version}"
 
+    @property
+    def optimizer_arms(self) -> tuple[OptimizerArm, ...]:
+        return self.arms or (OptimizerArm(self.base.optim.optimizer, self.lrs),)
+
     def configs(self, base: RunConfig | None = None) -> list[RunConfig]:
-        """One config per (seed, algorithm, lr), seed-major; `base` replaces the suite's base (e.g. with
-        the warm-start folder or local tracking settings filled in)."""
+        """One config per (seed, optimizer, algorithm, lr), seed-major; `base` replaces the suite's base
+        (e.g. with the warm-start folder or local tracking settings filled in)."""
         base = replace(base or self.base, **{"tracking.suite": self.label})
+        named_optimizer = len(self.optimizer_arms) > 1 or self.optimizer_arms[0].optimizer != "adamw"
         out = []
         for seed in self.seeds:
-            for algo in self.algorithms:
-                for lr in self.lrs:
-                    run_name = f"{algo}-lr{lr:g}-s{seed}"
-                    out.append(replace(base, algorithm=algorithm_preset(algo), seed=seed,
-                                       **{"optim.lr": lr, "tracking.run_name": run_name, "tracking.algorithm_label": algo}))
+            for arm in self.optimizer_arms:
+                for algo in self.algorithms:
+                    for lr in arm.lrs:
+                        run_name = f"{algo}-{arm.optimizer}-lr{lr:g}-s{seed}" if named_optimizer else f"{algo}-lr{lr:g}-s{seed}"
+                        out.append(replace(base, algorithm=algorithm_preset(algo), seed=seed, **{
+                            "optim.optimizer": arm.optimizer, "optim.lr": lr, "tracking.run_name": run_name,
+                            "tracking.algorithm_label": algo}))
         return out
 
 

@@ -73,10 +73,18 @@ class WarmStartConfig:
     """Completion budget for the evaluation samples."""
     threads: int = 0
     """torch CPU threads; 0 = torch's default."""
+    direct_answer_fraction: float = 0.0
+    """Fraction of SFT targets written as the bare answer line ("#### 50") instead of the worked solution,
+    chosen per question by a hash. The warm start then knows two behaviours, showing its work (mostly right)
+    and answering directly (mostly wrong for a model this small), and picks between them at its first
+    token: reward can teach it which to prefer, the kind of gain RL gives a pretrained model (reasoning
+    style, format) rather than a new skill."""
 
     def key(self) -> str:
         d = dataclasses.asdict(self) | {"version": VERSION}
         d.pop("threads")
+        if not d["direct_answer_fraction"]:
+            d.pop("direct_answer_fraction")  # keys of warm starts from before the field existed stay valid
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -129,7 +137,8 @@ def _sft_until_band(cfg: WarmStartConfig, model, tokenizer, task, held_out) -> d
     history, accuracy, next_eval, losses = [], 0.0, cfg.eval_every, []
     torch.manual_seed(cfg.seed)
     for step in range(1, cfg.max_steps + 1):
-        losses.append(sft_step(model, tokenizer, task, task.train_items(step - 1, cfg.batch_size), optimizer))
+        items = [sft_target(item, cfg.direct_answer_fraction) for item in task.train_items(step - 1, cfg.batch_size)]
+        losses.append(sft_step(model, tokenizer, task, items, optimizer))
         schedule.step()
         if step < next_eval and step < cfg.max_steps:
             continue
@@ -145,6 +154,17 @@ def _sft_until_band(cfg: WarmStartConfig, model, tokenizer, task, held_out) -> d
     in_band = cfg.target_low <= accuracy <= cfg.target_high
     return {"sampled_accuracy": accuracy, "in_band": in_band, "steps": len(losses), "initial_loss": losses[0],
             "history": history}
+
+
+def sft_target(item, direct_answer_fraction: float):
+    """The item with its SFT target: the worked solution, or for a hashed `direct_answer_fraction` of the
+    questions only its last line (the answer)."""
+    if direct_answer_fraction <= 0:
+        return item
+    digest = int.from_bytes(hashlib.sha256(("direct:" + item.question).encode()).digest()[:4], "big")
+    if digest / 2**32 >= direct_answer_fraction:
+        return item
+    return dataclasses.replace(item, solution=item.solution.strip().splitlines()[-1])
 
 
 def sft_batch(tokenizer, prompts: list[str], completions: list[str]) -> dict[str, torch.Tensor]:
