@@ -105,8 +105,6 @@ TAG_LR = "lr"
 TAG_OPTIMIZER = "optimizer"  # optim.optimizer: adamw | sgd (runs from before the optimizer axis read adamw)
 TAG_MACHINE = "machine"
 TAG_STATUS_DETAIL = "status_detail"
-TAG_OPTIMIZER = "optimizer"
-"""`adamw` or `sgd` (OptimConfig.optimizer); runs recorded before the tag existed read as `adamw`."""
 TAG_ITEMS_CORRECT = "eval_items_correct"
 """Per-item greedy correctness of the latest evaluation, in evaluation order (isopo_bench.item_record)."""
 TAG_ITEMS_DIGEST = "eval_items_digest"
@@ -131,7 +129,6 @@ LB_SEED = TAG_SEED
 LB_COMMIT = TAG_COMMIT
 LB_CONFIG_HASH = TAG_CONFIG_HASH
 LB_MACHINE = TAG_MACHINE
-LB_OPTIMIZER = "optimizer"
 LB_ITEMS_CORRECT = TAG_ITEMS_CORRECT
 """Per run: numpy uint8 array of the last evaluation's per-item correctness (empty when not recorded)."""
 LB_ITEMS_DIGEST = TAG_ITEMS_DIGEST
