@@ -271,8 +271,8 @@ def test_markdown_table():
 # ------------------------------------------------------------------------------------------------
 # Per-item records, seed-paired comparisons, the lr window and the optimizer axis.
 def test_per_item_results_are_recorded_for_the_final_evaluation(store):
-    """Every finished run carries the final evaluation's 16 items: their mean is its final accuracy, the
-    runs of one seed evaluated the same items (one digest), and runs without an optimizer tag read adamw."""
+    """Every finished run carries the final evaluation's 16 items: their mean is its final accuracy, and
+    the runs of one seed evaluated the same items (one digest). All ran AdamW."""
     runs = lb.load_runs(store, suite="lb-test@v1")
     fin = runs[runs[M.LB_STATUS] == "FINISHED"]
     for _, run in fin.iterrows():
@@ -338,10 +338,12 @@ def test_pairing_refuses_runs_that_evaluated_different_items(paired_store, tmp_p
 
 
 def test_optimizer_tag_splits_the_cells(paired_store, tmp_path):
-    """An sgd run is its own board row and never pairs with an adamw baseline."""
+    """An sgd run is its own board row and never pairs with an adamw baseline; a run without the tag
+    (recorded before it existed) reads adamw."""
     uri, client = copy_of(paired_store, tmp_path)
-    runs = lb.load_runs(uri, suite="pair@v1")
-    client.set_tag(runs[runs[M.LB_ALGORITHM] == "grpo"][M.LB_RUN_ID].iloc[0], M.TAG_OPTIMIZER, "sgd")
+    runs = lb.load_runs(uri, suite="pair@v1").set_index(M.LB_ALGORITHM)
+    client.set_tag(runs.loc["grpo", M.LB_RUN_ID], M.TAG_OPTIMIZER, "sgd")
+    client.delete_tag(runs.loc["reinforce", M.LB_RUN_ID], M.TAG_OPTIMIZER)
     runs = lb.load_runs(uri, suite="pair@v1")
     board = lb.leaderboard(runs).set_index([M.LB_ALGORITHM, M.LB_OPTIMIZER])
     assert sorted(board.index) == [("grpo", "sgd"), ("reinforce", "adamw")]
