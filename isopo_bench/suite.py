@@ -24,7 +24,7 @@ from isopo_bench.config import RunConfig, replace
 from isopo_bench.errors import IsopoBenchError
 from isopo_bench.suite_backends import BACKENDS, check_backend, check_workers, run_backend
 from isopo_bench.suite_run import Outcome
-from isopo_bench.suites import SUITES, Suite, estimate_lines, get_suite, param_count
+from isopo_bench.suites import SUITES, Suite, estimate_lines, get_suite, param_count, power_lines
 
 log = logging.getLogger(__name__)
 GSM8K_ENV = "ISOPO_BENCH_GSM8K_DIR"
@@ -210,7 +210,8 @@ def print_report(suite: Suite, options: SuiteOptions, outcomes: list[Outcome], s
     by_lr, board = lb.accuracy_vs_lr(runs), lb.leaderboard(runs)
     print(f"\nAccuracy by learning rate ({suite.label})\n" + lb.to_markdown(by_lr, lb.LR_DISPLAY_COLUMNS))
     print(f"\nLeaderboard ({suite.label}; accuracy columns at each algorithm's best lr)\n"
-          + lb.to_markdown(board, lb.DISPLAY_COLUMNS))
+          + lb.to_markdown(lb.readable(board), lb.DISPLAY_COLUMNS))
+    print(f"\n{lb.COMPARISONS_TITLE}\n" + lb.to_markdown(lb.comparisons(runs, lb.REINFORCE), lb.COMPARISON_DISPLAY_COLUMNS))
     out = Path(options.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     board.to_csv(out / f"leaderboard-{suite.label}.csv", index=False)
@@ -308,6 +309,7 @@ def dry_run(suite: Suite, options: SuiteOptions) -> int:
     _print_plan(configs, options, suite.label)
     print(suite.budget)
     print("\n".join(estimate_lines(suite, configs, params)))
+    print("\n".join(power_lines(len(suite.seeds), first.task.eval_items)))
     for p in dict.fromkeys(problems):
         print(f"PROBLEM ({problems.count(p)} of {len(configs)} runs): {p}")
     print(f"run count: {len(configs)}; {'valid' if not problems else f'{len(set(problems))} problem(s)'}")

@@ -302,6 +302,31 @@ def param_count(c) -> float:
     return float(c.num_hidden_layers * (attn + 3 * c.hidden_size * c.intermediate_size) + c.vocab_size * c.hidden_size)
 
 
+DISCORDANT_FRACTIONS = (0.1, 0.2, 0.3)
+"""Plausible fractions of items exactly one of two compared models solves (at accuracy ~0.7, models that
+erred independently would disagree on 2 x 0.7 x 0.3 = 0.42; models trained from one start disagree on fewer)."""
+
+
+def power_lines(n_seeds: int, n_items: int) -> list[str]:
+    """What a suite can resolve before any run exists: the item-noise MDE (statistics.item_noise_mde) for
+    plausible discordant fractions, and the t-test's factor on the (unknown) seed sd."""
+    from isopo_bench.statistics import item_noise_mde, t_quantile
+
+    mdes = ", ".join(f"q = {q:.1f}: {item_noise_mde(n_items, q, n_seeds):.3f}" for q in DISCORDANT_FRACTIONS)
+    lines = [f"power (80%, two-sided alpha 0.05), from evaluation-item noise alone: two algorithms paired on the same "
+             f"{n_items} items per seed x {n_seeds} seed(s)",
+             "  (items independent: sd of the mean difference <= sqrt(q / (seeds x items)), q = fraction of items exactly "
+             "one of the two solves)",
+             f"  minimum detectable difference in accuracy: {mdes}",
+             "  (normal approximation; at accuracy ~0.7, independent errors would give q = 0.42)",
+             "  seed-to-seed variance is NOT included: it adds to these, and is what a comparison over seeds must beat"]
+    if n_seeds == 1:
+        return lines + ["  with 1 seed it cannot be estimated: a single-seed difference above these may still be seed noise"]
+    factor = (t_quantile(0.975, n_seeds - 1) + t_quantile(0.8, n_seeds - 1)) / n_seeds ** 0.5
+    return lines + [f"  over {n_seeds} seeds the paired t-test detects (t_0.975 + t_0.8) / sqrt(n) = {factor:.2f} x the seed "
+                    "sd of the paired difference (the leaderboard's mde_80, once runs exist)"]
+
+
 def estimate_lines(suite: Suite, configs: list[RunConfig], params: float | None) -> list[str]:
     """The per-run plan and, for suites with stated throughput assumptions, tokens and device-hours."""
     from isopo_bench.plugins import ALGORITHMS

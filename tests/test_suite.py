@@ -79,6 +79,9 @@ def test_paper_dry_run_validates_and_estimates(workdir, capsys, monkeypatch):
     assert "run count: 5; valid" in out and "7473 train / 1319 test items" in out
     assert sum(line.strip().startswith(("1.", "2.", "3.", "4.", "5.")) for line in out.splitlines()) == 5
     assert "GPU-hours" in out and not (workdir / "m.db").exists()  # a dry run writes nothing
+    # one seed: 2.801585 sqrt(q / 1319) for q = 0.1, 0.2, 0.3, and no seed variance
+    assert "minimum detectable difference in accuracy: q = 0.1: 0.024, q = 0.2: 0.034, q = 0.3: 0.042" in out
+    assert "seed-to-seed variance is NOT included" in out and "with 1 seed it cannot be estimated" in out
     suite = get_suite("paper")
     grpo = suite.configs()[1]
     assert grpo.algorithm.name == "grpo" and evaluations_per_run(grpo) == 1 + 20 + 1  # start, every 5, step 102
@@ -181,3 +184,12 @@ def test_sigkill_resume_then_same_leaderboard_as_uninterrupted_parallel_run(work
             h = h.merge(runs[[M.LB_RUN_ID, M.LB_CONFIG_HASH]], on=M.LB_RUN_ID)
             histories.append(sorted(zip(h[M.LB_CONFIG_HASH], h["step"], h["value"])))
         assert histories[0] == histories[1] and len(histories[0]) >= 4 * 3, metric
+
+
+def test_power_lines_of_a_three_seed_suite_by_hand():
+    from isopo_bench.suites import power_lines
+
+    lines = "\n".join(power_lines(3, 512))
+    # 2.801585 sqrt(q / (3 x 512)); the t-test factor (4.302653 + 1.060660) / sqrt(3) = 3.0965
+    assert "q = 0.1: 0.023, q = 0.2: 0.032, q = 0.3: 0.039" in lines
+    assert "(t_0.975 + t_0.8) / sqrt(n) = 3.10 x the seed sd" in lines and "1 seed" not in lines
