@@ -140,8 +140,8 @@ Cost (v2 at 20 steps, evaluations at 0, 10, 20 of 512 items): ~32 core-s per run
 
 QUICK_BUDGET = CPU_TIER_DESIGN + """
 Budget: 15 minutes of wall clock on a quiet 2-core CPU (the warm start is shipped, not trained).
-Grid: 5 algorithms x 3 AdamW learning rates (1.2e-5, 3e-5, 7.5e-5: 2.5x apart around the measured best
-3e-5) x 3 seeds (the minimum for a t-interval) = 45 runs, ~45 x 32 / 2 workers = ~12 minutes."""
+Grid: 5 algorithms x 3 AdamW learning rates (5e-6, 1.2e-5, 3e-5: 2.5x apart; REINFORCE's first runs here read
+0.492 at 1.2e-5 and 0.428 at 3e-5, and 1e-4 fell to 0.258) x 3 seeds (the minimum for a t-interval) = 45 runs, ~45 x 32 / 2 workers = ~12 minutes."""
 
 
 def cpu_tier_base(steps: int = 20) -> RunConfig:
@@ -159,7 +159,7 @@ def cpu_tier_base(steps: int = 20) -> RunConfig:
 
 def _quick() -> Suite:
     return Suite(
-        name="quick", version=3, base=cpu_tier_base(), algorithms=FIVE_ALGORITHMS, lrs=(1.2e-5, 3e-5, 7.5e-5),
+        name="quick", version=3, base=cpu_tier_base(), algorithms=FIVE_ALGORITHMS, lrs=(5e-6, 1.2e-5, 3e-5),
         seeds=(0, 1, 2), warm_start=True, warm_start_settings=CPU_TIER_WARM_START, budget=QUICK_BUDGET,
         description="The CPU tier in 15 minutes: warm-started tiny Qwen3 on 3-term single-digit arithmetic, 5 "
                     "algorithms x 3 learning rates x 3 seeds.",
@@ -170,9 +170,8 @@ SEVEN_ALGORITHMS = (*FIVE_ALGORITHMS, "dapo", "drgrpo")
 CPU_BUDGET = CPU_TIER_DESIGN + """
 Budget: 90 minutes of wall clock on 2 cores, resumable (rerun the command to continue).
 Grid: the five paper algorithms + GRPO's DAPO (clip-higher 0.28) and Dr.GRPO (token-sum / (B L_max)) settings
-= 7 algorithms, x 2 optimizers with their own lr grids (AdamW 1.2e-5, 3e-5, 7.5e-5; SGD with momentum 0.9
-1.5e-3, 4e-3, 1e-2, around the measured REINFORCE range: SGD 1e-3 and 3e-3 gained like AdamW 1e-5, 3e-2
-collapsed), x 5 seeds = 210 runs, ~210 x 32 / 2 workers = ~56 minutes on a quiet machine.
+= 7 algorithms, x 2 optimizers with their own lr grids (AdamW 5e-6, 1.2e-5, 3e-5 as quick; SGD with momentum
+0.9: 6e-4, 1.5e-3, 4e-3, placed from the v2 tier, where SGD 1e-3 gained most, 3e-3 less and 3e-2 collapsed), x 5 seeds = 210 runs, ~210 x 32 / 2 workers = ~56 minutes on a quiet machine.
 Power: with 5 seeds the minimum detectable paired difference (80% power, two-sided 5%) is
 (t_0.975,4 + t_0.8,4) / sqrt(5) = 1.66 x the seed-to-seed sd of the difference; the leaderboard prints it
 for every comparison from the measured sd."""
@@ -181,7 +180,7 @@ for every comparison from the measured sd."""
 def _cpu() -> Suite:
     return Suite(
         name="cpu", version=1, base=cpu_tier_base(), algorithms=SEVEN_ALGORITHMS, lrs=(),
-        arms=(OptimizerArm("adamw", (1.2e-5, 3e-5, 7.5e-5)), OptimizerArm("sgd", (1.5e-3, 4e-3, 1e-2))),
+        arms=(OptimizerArm("adamw", (5e-6, 1.2e-5, 3e-5)), OptimizerArm("sgd", (6e-4, 1.5e-3, 4e-3))),
         seeds=(0, 1, 2, 3, 4), warm_start=True, warm_start_settings=CPU_TIER_WARM_START, budget=CPU_BUDGET,
         description="The CPU tier with power: 7 algorithms x (AdamW, SGD with momentum) x 3 learning rates each x "
                     "5 seeds, on the quick suite's task and warm start.",

@@ -61,7 +61,7 @@ def test_cpu_suite_grid_crosses_seven_algorithms_with_two_optimizers():
     assert len(configs) == 7 * (3 + 3) * 5 == len({c.config_hash() for c in configs})
     assert {"dapo", "drgrpo", "isopo", "isopo-interacting", "reinforce", "grpo", "cispo"} == set(suite.algorithms)
     lrs = {opt: sorted({c.optim.lr for c in configs if c.optim.optimizer == opt}) for opt in ("adamw", "sgd")}
-    assert lrs == {"adamw": [1.2e-5, 3e-5, 7.5e-5], "sgd": [1.5e-3, 4e-3, 1e-2]}
+    assert lrs == {"adamw": [5e-6, 1.2e-5, 3e-5], "sgd": [6e-4, 1.5e-3, 4e-3]}
     assert [c.seed for c in configs[:42]] == [0] * 42  # seed-major: an interrupted suite holds whole seeds
     quick = get_suite("quick")
     assert suite.base == quick.base and suite.warm_start_settings == quick.warm_start_settings  # one tier
