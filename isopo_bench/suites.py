@@ -124,7 +124,7 @@ CPU_TIER_WARM_START = (("direct_answer_fraction", 0.6),)
 """The CPU tier's warm start (shipped: isopo_bench/warm_starts/): SFT on 3-term single-digit arithmetic where
 60% of the targets (by a hash of the question) are the bare answer line and 40% the worked solution."""
 CPU_TIER_DESIGN = """\
-Tier (quick@v3 and cpu@v1 share it): the 0.66M-parameter tiny Qwen3 on 3-term single-digit arithmetic
+Tier (quick@v3 and cpu@v1 share it): the ~0.6M-parameter tiny Qwen3 on 3-term single-digit arithmetic
 (num_terms=3, max_operand=9, ops +-), warm-started by SFT in which 60% of the targets answer directly
 ("#### 11") and 40% show the working; SFT stops when sampled held-out accuracy reaches 0.25 (250 steps).
 The warm start answers directly under greedy decoding, close but often off by one, and shows its work in
@@ -132,7 +132,8 @@ some samples. Why this tier (measured 2026-12-02, one seed each, REINFORCE, Adam
 accuracy on 512 held-out items): the v2 warm start (worked solutions only) gained 0.342 -> 0.35-0.39 at lr
 1e-5..3e-5 and collapsed at 1e-4 and above (SGD: 1e-3 and 3e-3 gained as little, 3e-2 collapsed in 10
 steps); a warm start stopped earlier (sampled 0.10, greedy 0.17) gained nothing in 20 steps; this one gained
-0.375 -> 0.461 (step 10) -> 0.428 (step 20) at 3e-5 and fell at 1e-4: the most headroom of the three.
+0.375 -> 0.461 (step 10) -> 0.428 (step 20) at 3e-5, 0.492 at 1.2e-5, and fell at 1e-4: the most
+headroom of the three.
 The held-out partition has ~500 questions, so the 512 evaluation items hold ~340 distinct questions.
 Two minibatches per step (as the paper's run): with one, GRPO and CISPO are on-policy with ratio 1 and
 reproduce REINFORCE exactly. Completions are <= 24 characters: max_new_tokens = 32 only trims runaways.
@@ -171,7 +172,8 @@ CPU_BUDGET = CPU_TIER_DESIGN + """
 Budget: 90 minutes of wall clock on 2 cores, resumable (rerun the command to continue).
 Grid: the five paper algorithms + GRPO's DAPO (clip-higher 0.28) and Dr.GRPO (token-sum / (B L_max)) settings
 = 7 algorithms, x 2 optimizers with their own lr grids (AdamW 5e-6, 1.2e-5, 3e-5 as quick; SGD with momentum
-0.9: 6e-4, 1.5e-3, 4e-3, placed from the v2 tier, where SGD 1e-3 gained most, 3e-3 less and 3e-2 collapsed), x 5 seeds = 210 runs, ~210 x 32 / 2 workers = ~56 minutes on a quiet machine.
+0.9: 6e-4, 1.5e-3, 4e-3, placed from the v2 tier, where SGD 1e-3 gained most, 3e-3 less and 3e-2 collapsed),
+x 5 seeds = 210 runs, ~210 x 32 / 2 workers = ~56 minutes on a quiet machine.
 Power: with 5 seeds the minimum detectable paired difference (80% power, two-sided 5%) is
 (t_0.975,4 + t_0.8,4) / sqrt(5) = 1.66 x the seed-to-seed sd of the difference; the leaderboard prints it
 for every comparison from the measured sd."""
