@@ -24,8 +24,9 @@ sequence sum as well), so an impossible sampler token gives a huge but finite ra
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
-from typing import Literal
+from typing import Callable, Literal
 
 import torch
 
@@ -33,6 +34,7 @@ from isopo_bench import metric_names as M
 from isopo_bench.errors import ConfigError, IsopoBenchError
 
 LOG_RATIO_CLAMP = 20.0
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -64,6 +66,32 @@ class CorrectionConfig:
             raise ConfigError("correction.bypass_warn / correction.bypass_refuse",
                               f"need 0 < bypass_warn <= bypass_refuse, got {self.bypass_warn} and {self.bypass_refuse}",
                               "use the defaults 0.02 and 0.1 (mean |logp difference| per response token)")
+
+
+class BypassGuard:
+    """old_logp_source=sampler assumes the sampler's log-probs are the trainer's: the first `check` of a
+    process (a resume may run another engine build) runs `trainer_logp()` (one pi_old forward, before the
+    first update), measures the mean |logp_trainer - logp_sampler| over the response tokens of every rank's
+    own rows (`gather` collects the ranks' (sum, count)) and refuses or warns (check_bypass); later calls
+    do nothing."""
+
+    def __init__(self, cfg: CorrectionConfig, gather: Callable[[tuple], list] = lambda share: [share]):
+        self.cfg, self.gather, self.checked = cfg, gather, False
+
+    def check(self, trainer_logp: Callable[[], torch.Tensor], batch, own_rows: list[slice], step: int) -> None:
+        if self.checked:
+            return
+        trainer_logp_BT = trainer_logp()
+        mask_BT = torch.zeros_like(batch.response_mask_BT, dtype=torch.float64)
+        for rows in own_rows:  # other ranks' rows of trainer_logp_BT are unfilled
+            mask_BT[rows] = batch.response_mask_BT[rows].double()
+        diff_BT = (trainer_logp_BT.double() - batch.sampler_logp_BT.double()).abs()
+        diff_BT = torch.where(mask_BT > 0, diff_BT, 0.0)  # inf off the mask must not become nan
+        shares = self.gather((float(diff_BT.sum()), float(mask_BT.sum())))
+        self.checked = True
+        warning = check_bypass(sum(s for s, _ in shares) / max(sum(n for _, n in shares), 1.0), self.cfg, step)
+        if warning:
+            log.warning(warning)
 
 
 class SamplerMismatchError(IsopoBenchError, RuntimeError):

@@ -42,7 +42,7 @@ from isopo_bench.plugins import ADVANTAGES, ALGORITHMS, ENGINES, TASKS
 from isopo_bench.preflight import check_task_data
 from isopo_bench.rollout.api import Rollout, SamplingSettings
 from isopo_bench.rollout.mismatch import mismatch_metrics
-from isopo_bench.rollout_correction import check_bypass, correction_weights
+from isopo_bench.rollout_correction import BypassGuard, correction_weights
 from isopo_bench.run_lock import holding_run
 from isopo_bench.run_store import RunStore, run_dir_for
 from isopo_bench.step_driver import MicrobatchWork, step_gradients
@@ -93,7 +93,7 @@ class Trainer:
                                             temperature=logprob_temperature(cfg.rollout.temperature))
                             if StepDiagnostics.active(cfg.diagnostics, self.sharded) else None)
         self.eval_items = self.task.eval_items(cfg.task.eval_items)
-        self._bypass_checked = False
+        self.bypass = BypassGuard(cfg.correction, self.ranks.gather)  # the first-step check of old_logp_source=sampler
         self.state = {"step": 0, "elapsed": 0.0, "best_accuracy": None, "initial_accuracy": None, "last_accuracy": None}
         check_task_data(cfg, self.task, self.tokenizer, self.eval_items)  # data read and checked before the run exists
         # The MLflow run and run folder are created only once everything above loaded, so a bad model id or
@@ -203,8 +203,7 @@ class Trainer:
         metrics = rollout_metrics(rollout, rewards_PG, advantages_B)
         with timer.phase(M.TIME_OLD_LOGP):
             if self.algorithm.needs_old_logp and cfg.algorithm.old_logp_source == "sampler":
-                if not self._bypass_checked:  # once per process: a resume may run another engine build
-                    self._check_bypass(batch, step)
+                self.bypass.check(lambda: self._forward_logp(self.model, batch), batch, self._own_rows(batch), step)
                 batch.old_logp_BT = batch.sampler_logp_BT
             elif self.algorithm.needs_old_logp:
                 batch.old_logp_BT = self._forward_logp(self.model, batch)
@@ -215,8 +214,10 @@ class Trainer:
             with timer.phase(M.TIME_OLD_LOGP):
                 trainer_old = (batch.old_logp_BT if batch.old_logp_BT is not None and cfg.algorithm.old_logp_source == "recompute"
                                else self._forward_logp(self.model, batch))
-            correction = correction_weights(cfg.correction, trainer_old, batch.sampler_logp_BT, batch.response_mask_BT,
-                                            self._own_mask(batch))
+            own_B = torch.zeros(batch.size, dtype=torch.bool)
+            for rows in self._own_rows(batch):
+                own_B[rows] = True
+            correction = correction_weights(cfg.correction, trainer_old, batch.sampler_logp_BT, batch.response_mask_BT, own_B)
             batch.correction_BT = correction.weights_BT
             metrics |= correction.metrics
         with timer.phase(M.TIME_UPDATE):
@@ -264,26 +265,6 @@ class Trainer:
         mini = batch.size // o.minibatches_per_step
         return [slice(m * mini + rows.start, m * mini + rows.stop) for m in range(o.minibatches_per_step)
                 for _, rows in plan_microbatches(mini, o.microbatch_size, self.ranks.world_size, self.ranks.rank)]
-
-    def _own_mask(self, batch: TrainBatch) -> torch.Tensor:
-        own_B = torch.zeros(batch.size, dtype=torch.bool)
-        for rows in self._own_rows(batch):
-            own_B[rows] = True
-        return own_B
-
-    def _check_bypass(self, batch: TrainBatch, step: int) -> None:
-        """pi_old from the sampler assumes the sampler's log-probs are the trainer's: one pi_old forward
-        measures the mean |difference| over every rank's response tokens before the first update
-        (rollout_correction.check_bypass refuses or warns)."""
-        trainer_BT = self._forward_logp(self.model, batch).double()
-        mask_BT = batch.response_mask_BT.double() * self._own_mask(batch)[:, None].double()
-        diff_BT = torch.where(mask_BT > 0, (trainer_BT - batch.sampler_logp_BT.double()).abs(), 0.0)
-        shares = self.ranks.gather((float(diff_BT.sum()), float(mask_BT.sum())))
-        mean_abs = sum(s for s, _ in shares) / max(sum(n for _, n in shares), 1.0)
-        self._bypass_checked = True
-        warning = check_bypass(mean_abs, self.cfg.correction, step)
-        if warning:
-            log.warning(warning)
 
     @torch.no_grad()
     def _forward_logp(self, model, batch: TrainBatch) -> torch.Tensor:

@@ -20,7 +20,7 @@ from isopo_bench.models import build_char_tokenizer, encode_prompt, tiny_qwen3_c
 from isopo_bench.plugin_settings import build_algorithm
 from isopo_bench.rollout.api import SamplingSettings
 from isopo_bench.rollout.hf_engine import HFEngine
-from isopo_bench.rollout_correction import CorrectionConfig, SamplerMismatchError, check_bypass
+from isopo_bench.rollout_correction import BypassGuard, CorrectionConfig, SamplerMismatchError, check_bypass
 from isopo_bench.step_driver import step_gradients
 
 
@@ -39,6 +39,26 @@ def test_check_bypass_thresholds():
     with pytest.raises(SamplerMismatchError):
         check_bypass(math.nan, cfg, 1)  # an impossible sampler token
     assert check_bypass(1e6, CorrectionConfig(bypass_refuse=math.inf), 1) is not None
+
+
+def test_guard_reads_own_rows_sums_ranks_and_runs_once(caplog):
+    """Rows 0-1 are this rank's (row 2 is another rank's, unfilled: its 9.0 must not count); the other rank
+    reports |diff| sum 0.3 over 2 tokens. Mean = (0.1 + 0.2 + 0.0 + 0.3) / (3 + 2) = 0.12: warned, not refused."""
+    mask = torch.tensor([[0, 1, 1], [0, 1, 0], [0, 1, 1]], dtype=torch.float32)
+    sampler = torch.tensor([[0, -1.0, -2.0], [0, -0.5, 5.0], [0, -1.0, -1.0]])
+    trainer = torch.tensor([[0, -1.1, -1.8], [0, -0.5, 0.0], [0, 8.0, 0.0]])
+    batch = TrainBatch(torch.zeros(3, 3, dtype=torch.long), torch.ones(3, 3), mask, torch.zeros(3), sampler_logp_BT=sampler)
+    forwards, shares = [], []
+    guard = BypassGuard(CorrectionConfig(bypass_warn=0.1, bypass_refuse=0.13),
+                        lambda share: shares.append(share) or [share, (0.3, 2.0)])
+    with caplog.at_level(logging.WARNING, logger="isopo_bench.rollout_correction"):
+        guard.check(lambda: forwards.append(1) or trainer, batch, [slice(0, 2)], step=1)
+        guard.check(lambda: forwards.append(1) or trainer, batch, [slice(0, 2)], step=2)
+    assert forwards == [1] and shares[0][0] == pytest.approx(0.3) and shares[0][1] == 3.0
+    assert any("by 0.12 per response token" in r.getMessage() for r in caplog.records)
+    with pytest.raises(SamplerMismatchError):
+        BypassGuard(CorrectionConfig(bypass_warn=0.1, bypass_refuse=0.11),
+                    lambda share: [share, (0.3, 2.0)]).check(lambda: trainer, batch, [slice(0, 2)], step=1)
 
 
 @pytest.mark.parametrize("changes,field", [
@@ -127,7 +147,7 @@ def test_warns_between_thresholds_and_runs_one_pi_old_forward(workdir, monkeypat
     forwards = []
     real_forward = T.Trainer._forward_logp
     monkeypatch.setattr(T.Trainer, "_forward_logp", lambda self, *a: forwards.append(1) or real_forward(self, *a))
-    with caplog.at_level(logging.WARNING, logger="isopo_bench.trainer"):
+    with caplog.at_level(logging.WARNING, logger="isopo_bench.rollout_correction"):
         result = T.train(bypass_config(workdir, bypass_warn=1e-3, bypass_refuse=math.inf))
     assert result.status == "FINISHED" and result.steps_done == 2
     assert any("above correction.bypass_warn = 0.001" in r.getMessage() for r in caplog.records)
@@ -137,6 +157,6 @@ def test_warns_between_thresholds_and_runs_one_pi_old_forward(workdir, monkeypat
 def test_matched_sampler_passes_silently(workdir, caplog):
     from isopo_bench import trainer as T
 
-    with caplog.at_level(logging.WARNING, logger="isopo_bench.trainer"):
+    with caplog.at_level(logging.WARNING, logger="isopo_bench.rollout_correction"):
         assert T.train(bypass_config(workdir)).status == "FINISHED"
     assert not any("old_logp_source=sampler" in r.getMessage() for r in caplog.records)

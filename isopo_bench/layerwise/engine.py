@@ -9,6 +9,11 @@ when the planner kept the G_i). The back-propagated loss is advantage-free, aggr
 `loss_agg` and the optimizer batch's denominators, so G_i is sequence i's share of it. Parameters that are
 not Linear weights get the rule of `options.other_params` (param_rules.py).
 
+The LM head's override is a `HeadForward` (a chunked_logprobs.HeadRule): where the chunked head applies, the
+head's statistics come from vocabulary chunks of its output gradient (`_head_weights`,
+statistics.compute_chunked) and the chunked head forms sum_i w_i G_i itself, so no B x T x V tensor exists;
+elsewhere it is the same layer-wise Linear as every other one.
+
 Step-level state is the algorithm's own: EMA statistics (`ema`) and metric means (`metrics`), both
 reduced across data-parallel ranks with `ctx.reducer` in `finalize_grads`, so W ranks == 1 process over
 the same microbatches. Draws are seeded from (run seed, ctx.step, global microbatch index), never from a
