@@ -10,9 +10,17 @@ The gradient is the exact one, (onehot - softmax) * dlogp / temperature per row,
 the model dtype for the two products, as autograd does for the upcast; the LM head's weight gradient is
 accumulated over chunks in float32 (a bfloat16 running sum would lose bits autograd's one matmul keeps).
 
+Per-sequence weight-gradient rules (the layer-wise engine: ISOPO, npg_rank1, seq-norm): an LM head whose
+instance `forward` is a `HeadRule` also takes the chunked path. Its backward then runs over vocabulary
+chunks instead of rows: pass 1 hands the rule d loss / d logits on columns [v, v + c) of every position
+(`vocab_chunk_grads`, recomputed from h, W and the forward's logsumexp), from which it forms the head's
+per-sequence statistics (each one a sum over output rows) and returns the per-sequence weights w_B; pass 2
+recomputes the chunks and writes rows [v, v + c) of the weight gradient sum_t w_seq(t) g_t h_t^T and the
+ordinary input gradient. At most one N x c (and B x T x c) slice of logits exists at a time; the price is
+two more head matmuls than the full path (logits recomputed in both passes).
+
 Where it applies (`applies`): a plain HF causal LM whose output embedding is an nn.Linear with no instance
-`forward` override (the layer-wise engine overrides the LM head to reweight its per-sequence gradients and
-needs the whole (B, T, d) input, so ISOPO / npg_rank1 keep the full path), no module hooks on the head or the model (their
+`forward` override other than a HeadRule, no module hooks on the head or the model (their
 owner expects them to run: FSDP2's root unshard, user hooks), parameters that are not DTensors and no logit soft-capping, called
 directly (not through a DDP / FSDP wrapper, whose forward must run). `set_mode("full")` or
 ISOPO_LOGPROBS=full forces the full path (the memory benchmark's "before").
@@ -22,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from typing import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -59,13 +68,37 @@ def _parts(model: torch.nn.Module):
     return decoder, head
 
 
+class HeadRule:
+    """An LM head forward override that also serves the chunked path (the layer-wise engine's). Calling it is
+    the head's full-path forward; `active()` says whether its rule acts in this forward (training, grad
+    enabled); `sequence_weights(hidden_BTd, g_chunks)` returns w_B from the head's input (B, T, d) and a
+    re-iterable source of output-gradient grids (B, T, c) over vocabulary chunks (zero off the positions
+    that predict a response token), and the head's weight gradient becomes sum_i w_i G_i."""
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def active(self) -> bool:
+        raise NotImplementedError
+
+    def sequence_weights(self, hidden_BTd: torch.Tensor,
+                         g_chunks: Callable[[], Iterator[torch.Tensor]]) -> torch.Tensor:
+        raise NotImplementedError
+
+
+def _head_rule(head: torch.nn.Module) -> HeadRule | None:
+    rule = head.__dict__.get("forward")
+    return rule if isinstance(rule, HeadRule) else None
+
+
 def applies(model: torch.nn.Module) -> bool:
     m = _MODE["mode"]
     if m == "full":
         return False
     parts = _parts(model)
     cfg = getattr(model, "config", None)
-    ok = (parts is not None and "forward" not in parts[1].__dict__ and not _hooked(parts[1]) and not _hooked(model)
+    ok = (parts is not None and ("forward" not in parts[1].__dict__ or _head_rule(parts[1]) is not None)
+          and not _hooked(parts[1]) and not _hooked(model)
           and type(parts[1].weight) is torch.nn.Parameter  # not a DTensor (FSDP2 shards: its root hooks must run)
           and not getattr(cfg, "final_logit_softcapping", None) and getattr(cfg, "logit_scale", None) is None)
     if m == "chunked" and not ok:
@@ -86,6 +119,12 @@ def chunk_rows(vocab: int, budget_mb: int = CHUNK_BUDGET_MB) -> int:
     return max(1, budget_mb * 2**20 // (4 * vocab))
 
 
+def vocab_cols(rows: int, budget_mb: int = CHUNK_BUDGET_MB) -> int:
+    """Vocabulary columns per chunk of a rule's backward, for `rows` = the larger of the grid's B T and the
+    B d of a rule's per-chunk per-sequence gradients (float32)."""
+    return max(1, budget_mb * 2**20 // (4 * rows))
+
+
 def _chunk_logits(h_cd, weight, bias, temperature: float) -> torch.Tensor:
     logits = F.linear(h_cd, weight, bias)
     if logits.dtype in (torch.float16, torch.bfloat16):
@@ -97,7 +136,8 @@ class ChunkedHeadLogprobs(torch.autograd.Function):
     """(h_Nd, weight, bias, targets_N) -> (logp_N, entropy_N); entropy is not differentiated."""
 
     @staticmethod
-    def forward(ctx, h_Nd, weight, bias, targets_N, rows: int, temperature: float, with_entropy: bool):
+    def forward(ctx, h_Nd, weight, bias, targets_N, rows: int, temperature: float, with_entropy: bool,
+                rule_inputs: "RuleInputs | None" = None):
         N = h_Nd.shape[0]
         out_dt = torch.float64 if h_Nd.dtype == torch.float64 else torch.float32
         logp = torch.empty(N, dtype=out_dt, device=h_Nd.device)
@@ -114,6 +154,7 @@ class ChunkedHeadLogprobs(torch.autograd.Function):
             del logits
         ctx.save_for_backward(h_Nd, weight, bias if bias is not None else torch.empty(0), targets_N, lse)
         ctx.rows, ctx.temperature, ctx.has_bias = rows, temperature, bias is not None
+        ctx.rule_inputs = rule_inputs
         if ent is None:
             ent = torch.zeros(0, dtype=out_dt, device=h_Nd.device)
         ctx.mark_non_differentiable(ent)
@@ -123,6 +164,8 @@ class ChunkedHeadLogprobs(torch.autograd.Function):
     def backward(ctx, grad_logp, _grad_ent):
         h_Nd, weight, bias, targets_N, lse = ctx.saved_tensors
         bias = bias if ctx.has_bias else None
+        if ctx.rule_inputs is not None and ctx.needs_input_grad[1]:
+            return _rule_backward(ctx, h_Nd, weight, bias, targets_N, lse, grad_logp)
         rows, temperature = ctx.rows, ctx.temperature
         need_h, need_w, need_b = ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.has_bias and ctx.needs_input_grad[2]
         grad_h = torch.empty_like(h_Nd) if need_h else None
@@ -147,7 +190,67 @@ class ChunkedHeadLogprobs(torch.autograd.Function):
                 if need_b:
                     grad_b.add_(gl.sum(0).to(acc_dt))
         return (grad_h, None if grad_w is None else grad_w.to(weight.dtype),
-                None if grad_b is None else grad_b.to(weight.dtype), None, None, None, None)
+                None if grad_b is None else grad_b.to(weight.dtype), None, None, None, None, None)
+
+
+class RuleInputs:
+    """What a HeadRule's backward needs beyond the Function's tensors: the rule, the head's whole input
+    (B, T, d; detached) and which grid positions the N rows are (B, T)."""
+
+    def __init__(self, rule: HeadRule, hidden_BTd: torch.Tensor, rows_BT: torch.Tensor):
+        self.rule, self.hidden_BTd, self.rows_BT = rule, hidden_BTd, rows_BT
+
+
+def vocab_chunk_grads(h_Nd, weight, bias, targets_N, lse_N, grad_logp_N, temperature: float,
+                      cols: int) -> Iterator[tuple[int, torch.Tensor]]:
+    """(v, g_Nc): d loss / d logits on vocabulary columns [v, v + cols), (onehot - softmax) * dlogp /
+    temperature, in float32 (float64 for float64 models), from the forward's logsumexp."""
+    for v in range(0, weight.shape[0], cols):
+        with torch.no_grad():
+            w_c = weight[v : v + cols]
+            logits = _chunk_logits(h_Nd, w_c, None if bias is None else bias[v : v + cols], temperature)
+            g = torch.exp_(logits.sub_(lse_N[:, None])).mul_(-grad_logp_N[:, None])
+            hit_N = ((targets_N >= v) & (targets_N < v + w_c.shape[0])).nonzero().squeeze(-1)
+            g[hit_N, targets_N[hit_N] - v] += grad_logp_N[hit_N]
+            if temperature != 1.0:
+                g.div_(temperature)
+        yield v, g
+
+
+def _rule_backward(ctx, h_Nd, weight, bias, targets_N, lse, grad_logp):
+    """Two passes over vocabulary chunks: the rule's statistics and weights w_B, then the weight gradient
+    sum_t w_seq(t) g_t h_t^T (the per-token weight on the narrower input side, as the engine's combine)
+    and the ordinary input gradient. Linear biases get a zero gradient under a rule (the engine's convention)."""
+    inputs: RuleInputs = ctx.rule_inputs
+    rows_BT, model_dt = inputs.rows_BT, h_Nd.dtype
+    B, T = rows_BT.shape
+    cols = vocab_cols(max(B * T, B * weight.shape[1]))
+
+    def chunks() -> Iterator[tuple[int, torch.Tensor]]:
+        return vocab_chunk_grads(h_Nd, weight, bias, targets_N, lse, grad_logp, ctx.temperature, cols)
+
+    def grids() -> Iterator[torch.Tensor]:
+        for _, g_Nc in chunks():
+            # Rounded through the model dtype, as the full path's output gradient is.
+            g_BTc = g_Nc.new_zeros(B, T, g_Nc.shape[1])
+            g_BTc[rows_BT] = g_Nc.to(model_dt).to(g_Nc.dtype)
+            yield g_BTc
+
+    w_B = inputs.rule.sequence_weights(inputs.hidden_BTd, grids)
+    seq_N = rows_BT.nonzero()[:, 0]
+    hw_Nd = h_Nd * w_B.to(model_dt)[seq_N][:, None]
+    acc_dt = torch.float64 if model_dt == torch.float64 else torch.float32
+    grad_h = torch.zeros(h_Nd.shape, dtype=acc_dt, device=h_Nd.device) if ctx.needs_input_grad[0] else None
+    grad_w = torch.empty_like(weight)
+    with torch.no_grad():
+        for v, g_Nc in chunks():
+            gl = g_Nc.to(model_dt)
+            del g_Nc
+            if grad_h is not None:
+                grad_h.add_((gl @ weight[v : v + gl.shape[1]].to(model_dt)).to(acc_dt))
+            grad_w[v : v + gl.shape[1]] = (gl.T @ hw_Nd).to(weight.dtype)
+    grad_b = torch.zeros_like(bias) if bias is not None and ctx.needs_input_grad[2] else None
+    return (None if grad_h is None else grad_h.to(model_dt), grad_w, grad_b, None, None, None, None, None)
 
 
 def chunked_sequence_logprobs(model: torch.nn.Module, batch, with_entropy: bool = False, temperature: float = 1.0,
@@ -164,8 +267,12 @@ def chunked_sequence_logprobs(model: torch.nn.Module, batch, with_entropy: bool 
     h_Nd = hidden_BTd[:, :-1][sel_B1]
     targets_N = batch.input_ids_BT[:, 1:][sel_B1]
     rows = chunk_rows(head.out_features, budget_mb)
+    rule = _head_rule(head)
+    rule_inputs = None
+    if rule is not None and rule.active():
+        rule_inputs = RuleInputs(rule, hidden_BTd.detach(), F.pad(sel_B1, (0, 1), value=False))
     logp_N, ent_N = ChunkedHeadLogprobs.apply(h_Nd, head.weight, head.bias, targets_N, rows, float(temperature),
-                                              with_entropy)
+                                              with_entropy, rule_inputs)
     zeros = torch.zeros(B, T - 1, dtype=logp_N.dtype, device=logp_N.device)
     logp_BT = F.pad(zeros.masked_scatter(sel_B1, logp_N), (1, 0))
     if not with_entropy:

@@ -111,7 +111,9 @@ class AlgorithmConfig:
     kl_coef: float = 0.0
     """k3 KL penalty to the initial (reference) policy; 0 disables and skips the reference forward."""
     old_logp_source: Literal["recompute", "sampler"] = "recompute"
-    """pi_old log-probs: recomputed by the trainer before the update, or taken from the rollout engine."""
+    """pi_old log-probs (algorithms that read them: grpo, cispo, gspo): recomputed by the trainer before the
+    update, or taken from the rollout engine (no pi_old forward; checked at the first step against
+    correction.bypass_warn / correction.bypass_refuse)."""
     settings: Any = None
     """The algorithm's own settings (its `Settings` dataclass; None = its defaults). On the command line its
     fields are `--algorithm.<field>` (`isopo-bench train --algorithm.name NAME --help` lists them)."""
@@ -253,6 +255,9 @@ def experiment_hash(config: dict) -> str:
     parallel = d.pop("parallel", {})
     if parallel.get("world_size", 1) != 1:
         d["parallel"] = {"world_size": parallel["world_size"]}
+    # The bypass-mode guards only refuse or warn: a run they let through is the same run.
+    for key in ("bypass_warn", "bypass_refuse"):
+        d.get("correction", {}).pop(key, None)
     # Settings added later leave the hash of runs that do not use them as it was.
     if d.get("correction", {}).get("mode", "off") == "off":
         d.pop("correction", None)

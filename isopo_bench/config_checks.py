@@ -104,6 +104,12 @@ def validate_run_config(cfg: RunConfig) -> None:
 def _check_algorithm_section(cfg: RunConfig) -> None:
     """The settings belong to the algorithm; the aggregation's L_max is meaningful."""
     algorithm_settings(cfg.algorithm)  # ConfigError when they are another plug-in's
+    source = cfg.algorithm.old_logp_source
+    if source not in ("recompute", "sampler"):
+        raise ConfigError("algorithm.old_logp_source", f"unknown `{source}`", "use recompute or sampler")
+    if source == "sampler" and not ALGORITHMS.get(cfg.algorithm.name).needs_old_logp:
+        raise ConfigError("algorithm.old_logp_source", f"`{cfg.algorithm.name}` reads no pi_old log-probs, so "
+                          "`sampler` would change nothing", "leave it at recompute (sampler applies to grpo, cispo, gspo)")
     if cfg.algorithm.loss_agg_max_len < 0:
         raise ConfigError("algorithm.loss_agg_max_len", f"must be >= 0, got {cfg.algorithm.loss_agg_max_len}",
                           "use 0 (= rollout.max_new_tokens)")

@@ -24,15 +24,17 @@ sequence sum as well), so an impossible sampler token gives a huge but finite ra
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
-from typing import Literal
+from typing import Callable, Literal
 
 import torch
 
 from isopo_bench import metric_names as M
-from isopo_bench.errors import ConfigError
+from isopo_bench.errors import ConfigError, IsopoBenchError
 
 LOG_RATIO_CLAMP = 20.0
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -45,6 +47,12 @@ class CorrectionConfig:
     """Ratio per token, or per sequence (the product of its token ratios, applied to all its tokens)."""
     threshold: float = 2.0
     """C > 1: the truncation cap (tis) or the accepted band [1/C, C] (mis)."""
+    bypass_warn: float = 0.02
+    """With algorithm.old_logp_source=sampler (pi_old = the sampler's log-probs, no pi_old forward; verl's
+    bypass mode): the first step of a process runs one pi_old forward anyway and warns when the mean
+    |logp_trainer - logp_sampler| over response tokens is above this."""
+    bypass_refuse: float = 0.1
+    """... and stops before any update when it is above this (inf: never)."""
 
     def validate(self) -> None:
         if self.mode not in ("off", "tis", "mis"):
@@ -54,6 +62,57 @@ class CorrectionConfig:
         if self.mode != "off" and not self.threshold > 1.0:
             raise ConfigError("correction.threshold", f"must be > 1, got {self.threshold}",
                               "use e.g. 2.0 (token TIS, as verl's examples) or a larger cap at sequence level")
+        if not 0 < self.bypass_warn <= self.bypass_refuse:
+            raise ConfigError("correction.bypass_warn / correction.bypass_refuse",
+                              f"need 0 < bypass_warn <= bypass_refuse, got {self.bypass_warn} and {self.bypass_refuse}",
+                              "use the defaults 0.02 and 0.1 (mean |logp difference| per response token)")
+
+
+class BypassGuard:
+    """old_logp_source=sampler assumes the sampler's log-probs are the trainer's: the first `check` of a
+    process (a resume may run another engine build) runs `trainer_logp()` (one pi_old forward, before the
+    first update), measures the mean |logp_trainer - logp_sampler| over the response tokens of every rank's
+    own rows (`gather` collects the ranks' (sum, count)) and refuses or warns (check_bypass); later calls
+    do nothing."""
+
+    def __init__(self, cfg: CorrectionConfig, gather: Callable[[tuple], list] = lambda share: [share]):
+        self.cfg, self.gather, self.checked = cfg, gather, False
+
+    def check(self, trainer_logp: Callable[[], torch.Tensor], batch, own_rows: list[slice], step: int) -> None:
+        if self.checked:
+            return
+        trainer_logp_BT = trainer_logp()
+        mask_BT = torch.zeros_like(batch.response_mask_BT, dtype=torch.float64)
+        for rows in own_rows:  # other ranks' rows of trainer_logp_BT are unfilled
+            mask_BT[rows] = batch.response_mask_BT[rows].double()
+        diff_BT = (trainer_logp_BT.double() - batch.sampler_logp_BT.double()).abs()
+        diff_BT = torch.where(mask_BT > 0, diff_BT, 0.0)  # inf off the mask must not become nan
+        shares = self.gather((float(diff_BT.sum()), float(mask_BT.sum())))
+        self.checked = True
+        warning = check_bypass(sum(s for s, _ in shares) / max(sum(n for _, n in shares), 1.0), self.cfg, step)
+        if warning:
+            log.warning(warning)
+
+
+class SamplerMismatchError(IsopoBenchError, RuntimeError):
+    """pi_old taken from the sampler, but the sampler's log-probs are not the trainer's."""
+
+
+def check_bypass(mean_abs: float, cfg: CorrectionConfig, step: int) -> str | None:
+    """The first-step check of old_logp_source=sampler: raises SamplerMismatchError above
+    `cfg.bypass_refuse` (or for a non-finite value), returns a warning above `cfg.bypass_warn`, else None."""
+    what = (f"algorithm.old_logp_source=sampler: at step {step} the sampler's log-probs differ from the trainer's "
+            f"by {mean_abs:.4g} per response token (mean |logp_trainer - logp_sampler|)")
+    if not mean_abs <= cfg.bypass_refuse:
+        raise SamplerMismatchError(
+            f"{what}, above correction.bypass_refuse = {cfg.bypass_refuse}; no update was applied. The sampler is "
+            "not pi_old (a different temperature or top_p, dtype, kernels or a stale weight sync). Fix: use "
+            "--algorithm.old-logp-source recompute (the pi_old forward), or raise --correction.bypass-refuse "
+            "if this mismatch is intended")
+    if mean_abs > cfg.bypass_warn:
+        return (f"{what}, above correction.bypass_warn = {cfg.bypass_warn} (refused above "
+                f"{cfg.bypass_refuse}); the ratios pi / pi_old include this mismatch")
+    return None
 
 
 @dataclass

@@ -43,7 +43,7 @@ from isopo_bench.plugins import ADVANTAGES, ALGORITHMS, ENGINES, TASKS
 from isopo_bench.preflight import check_task_data
 from isopo_bench.rollout.api import Rollout, SamplingSettings
 from isopo_bench.rollout.mismatch import mismatch_metrics
-from isopo_bench.rollout_correction import correction_weights
+from isopo_bench.rollout_correction import BypassGuard, correction_weights
 from isopo_bench.run_lock import holding_run
 from isopo_bench.run_store import RunStore, run_dir_for
 from isopo_bench.step_driver import MicrobatchWork, step_gradients
@@ -94,6 +94,7 @@ class Trainer:
                                             temperature=logprob_temperature(cfg.rollout.temperature))
                             if StepDiagnostics.active(cfg.diagnostics, self.sharded) else None)
         self.eval_items = self.task.eval_items(cfg.task.eval_items)
+        self.bypass = BypassGuard(cfg.correction, self.ranks.gather)  # the first-step check of old_logp_source=sampler
         self.state = {"step": 0, "elapsed": 0.0, "best_accuracy": None, "initial_accuracy": None, "last_accuracy": None}
         check_task_data(cfg, self.task, self.tokenizer, self.eval_items)  # data read and checked before the run exists
         # The MLflow run and run folder are created only once everything above loaded, so a bad model id or
@@ -202,9 +203,11 @@ class Trainer:
         batch = self._build_batch(rollout, advantages_B)
         metrics = rollout_metrics(rollout, rewards_PG, advantages_B)
         with timer.phase(M.TIME_OLD_LOGP):
-            if self.algorithm.needs_old_logp:
-                batch.old_logp_BT = (batch.sampler_logp_BT if cfg.algorithm.old_logp_source == "sampler"
-                                     else self._forward_logp(self.model, batch))
+            if self.algorithm.needs_old_logp and cfg.algorithm.old_logp_source == "sampler":
+                self.bypass.check(lambda: self._forward_logp(self.model, batch), batch, self._own_rows(batch), step)
+                batch.old_logp_BT = batch.sampler_logp_BT
+            elif self.algorithm.needs_old_logp:
+                batch.old_logp_BT = self._forward_logp(self.model, batch)
         with timer.phase(M.TIME_REF_LOGP):
             if self.algorithm.needs_ref_logp:
                 batch.ref_logp_BT = self._forward_logp(self.ref_model, batch)

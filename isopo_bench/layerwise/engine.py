@@ -9,6 +9,11 @@ when the planner kept the G_i). The back-propagated loss is advantage-free, aggr
 `loss_agg` and the optimizer batch's denominators, so G_i is sequence i's share of it. Parameters that are
 not Linear weights get the rule of `options.other_params` (param_rules.py).
 
+The LM head's override is a `HeadForward` (a chunked_logprobs.HeadRule): where the chunked head applies, the
+head's statistics come from vocabulary chunks of its output gradient (`_head_weights`,
+statistics.compute_chunked) and the chunked head forms sum_i w_i G_i itself, so no B x T x V tensor exists;
+elsewhere it is the same layer-wise Linear as every other one.
+
 Step-level state is the algorithm's own: EMA statistics (`ema`) and metric means (`metrics`), both
 reduced across data-parallel ranks with `ctx.reducer` in `finalize_grads`, so W ranks == 1 process over
 the same microbatches. Draws are seeded from (run seed, ctx.step, global microbatch index), never from a
@@ -31,7 +36,8 @@ from isopo_bench.batch import BatchTotals, TrainBatch
 from isopo_bench.errors import ConfigError
 from isopo_bench.layerwise import kernels as K
 from isopo_bench.layerwise import statistics
-from isopo_bench.layerwise.autograd_linear import linear_forward, overridden_forwards
+from isopo_bench.chunked_logprobs import HeadRule
+from isopo_bench.layerwise.autograd_linear import linear_forward, overridden_forwards, transforms_now
 from isopo_bench.layerwise.ema import EmaStats, MetricSums
 from isopo_bench.layerwise.options import EngineOptions, Needs
 from isopo_bench.layerwise.param_rules import ParameterMap
@@ -56,6 +62,7 @@ class LayerwiseAlgorithm(Algorithm):
         self.metrics = MetricSums()
         self._params: ParameterMap | None = None
         self._model_id: int | None = None
+        self._head: torch.nn.Module | None = None
 
     def sequence_weights(self, layer: LayerStats) -> torch.Tensor:
         """w_B: this layer's gradient is sum_i w_i G_i."""
@@ -71,6 +78,8 @@ class LayerwiseAlgorithm(Algorithm):
         opts = self.options
         self._params = ParameterMap.of(model, opts.other_params, opts.tied_embedding)
         self._model_id = id(model)
+        get_head = getattr(model, "get_output_embeddings", None)
+        self._head = get_head() if callable(get_head) else None
         desc = {f"{self.metric_prefix}/mode": opts.mode} | self._params.describe(self.metric_prefix)
         if self._params.frozen_names:
             log.info("%s other_params=freeze: no gradient for %s", self.setup.name, _names(self._params.frozen_names))
@@ -89,10 +98,12 @@ class LayerwiseAlgorithm(Algorithm):
     def _context(self, mb: TrainBatch, ctx: StepContext, index: int):
         session = MicrobatchSession(mb.attention_mask_BT, mb.advantages_B, seed=self.setup.seed, step=ctx.step,
                                     index=index, options=self.options)
-        overrides = {
-            module: linear_forward(module, functools.partial(self._weight_grad, session, name, i))
-            for i, (name, module) in enumerate(self._params.linears.items())
-        }
+        overrides = {}
+        for i, (name, module) in enumerate(self._params.linears.items()):
+            forward = linear_forward(module, functools.partial(self._weight_grad, session, name, i))
+            if module is self._head:  # the chunked LM head (isopo_bench.chunked_logprobs) reads its rule
+                forward = HeadForward(module, forward, functools.partial(self._head_weights, session, name, i))
+            overrides[module] = forward
         overrides |= self._params.other_overrides(session.adv_B, session.shape[1])
         try:
             with overridden_forwards(overrides):
@@ -100,9 +111,7 @@ class LayerwiseAlgorithm(Algorithm):
         finally:
             session.close()
 
-    def _weight_grad(self, session: MicrobatchSession, name: str, index: int, x: torch.Tensor,
-                     grad_out: torch.Tensor) -> torch.Tensor:
-        prefix = self.metric_prefix
+    def _check_input(self, session: MicrobatchSession, name: str, x: torch.Tensor) -> None:
         if not session.open:
             raise RuntimeError(f"{self.setup.name}: backward through `{name}` ran outside its backward_context")
         B, T = session.shape
@@ -111,6 +120,29 @@ class LayerwiseAlgorithm(Algorithm):
                 f"{self.setup.name}: `{name}` saw input {tuple(x.shape)}, expected (B={B}, T={T}, d): only padded "
                 "(batch, time, features) inputs of the microbatch are supported (no packing)"
             )
+
+    def _head_weights(self, session: MicrobatchSession, name: str, index: int, x: torch.Tensor,
+                      g_chunks) -> torch.Tensor:
+        """w_B of the LM head under the chunked head: the same statistics as `_weight_grad`'s, summed over
+        vocabulary chunks of the output gradient (statistics.compute_chunked); the head then forms
+        sum_i w_i G_i itself, chunk by chunk."""
+        self._check_input(session, name, x)
+        B, T = session.shape
+        dt = stats_dtype(x.dtype)
+        _, a = session.masked_input(x, dt)
+        plan = plan_layer(B, T, x.shape[-1], self._head.out_features, dt, self.needs.ntk, self.options)
+        layer = LayerStats(name, index, session.adv_B.to(dt), self.options.mode == "faithful", self.ema, self.metrics)
+        materialised = statistics.compute_chunked(layer, session, self.needs, plan, x, a, g_chunks,
+                                                  self._head.out_features, self.metric_prefix)
+        w_B = self.sequence_weights(layer)
+        self.metrics.add(f"algo/{self.metric_prefix}_materialised_frac", torch.tensor(float(materialised)))
+        return w_B
+
+    def _weight_grad(self, session: MicrobatchSession, name: str, index: int, x: torch.Tensor,
+                     grad_out: torch.Tensor) -> torch.Tensor:
+        prefix = self.metric_prefix
+        self._check_input(session, name, x)
+        B, T = session.shape
         dt = stats_dtype(x.dtype)
         a_model, a = session.masked_input(x, dt)
         g = grad_out.to(dt)
@@ -140,6 +172,23 @@ class LayerwiseAlgorithm(Algorithm):
 
     def load_state_dict(self, state: dict) -> None:
         self.ema.load_state_dict(state.get("stats", {}))
+
+
+class HeadForward(HeadRule):
+    """The LM head's override: the layer-wise Linear forward on the full path, and the per-sequence
+    weights of the chunked head's backward (isopo_bench.chunked_logprobs.HeadRule)."""
+
+    def __init__(self, module: torch.nn.Module, forward, weights):
+        self.module, self._forward, self._weights = module, forward, weights
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self._forward(x)
+
+    def active(self) -> bool:
+        return transforms_now(self.module) and self.module.weight.requires_grad
+
+    def sequence_weights(self, hidden_BTd: torch.Tensor, g_chunks) -> torch.Tensor:
+        return self._weights(hidden_BTd, g_chunks)
 
 
 def _names(names: list[str]) -> str:

@@ -51,4 +51,9 @@ def overlaps_from_G_cheaper(G_BOI: torch.Tensor, S: int, num_tokens: int) -> boo
     """Probe overlaps g_k^T G_i a_k cost B S d_out d_in from materialised G_i, S N (d_in + d_out) from
     token products (narrow layers and long sequences favour the former)."""
     B, d_out, d_in = G_BOI.shape
+    return overlaps_from_G_cheaper_at(B, d_out, d_in, S, num_tokens)
+
+
+def overlaps_from_G_cheaper_at(B: int, d_out: int, d_in: int, S: int, num_tokens: int) -> bool:
+    """`overlaps_from_G_cheaper` from the layer's shape (the chunked LM head decides once for all chunks)."""
     return B * S * d_out * d_in < S * num_tokens * (d_in + d_out)

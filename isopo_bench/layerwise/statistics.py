@@ -2,6 +2,10 @@
 (planner.py) from the layer's masked input a and output gradient g, and handed to the method as a
 `LayerStats`.
 
+`compute_chunked` computes the same statistics for a layer whose output gradient arrives by output-column
+chunks (the chunked LM head): every statistic is a sum over output rows (||G_i||^2, K_ij, K_jB, the probe
+overlaps <G_i, J_k> and ||g_k||^2), so per-chunk parts are added and the norms taken at the end.
+
 A method's weight function reads the statistics and the advantages, and may smooth a statistic over
 steps (`smoothed`: EMA keyed by statistic and layer, ema.py) and log diagnostics (`log`); both go to the
 algorithm's own step-level stores, which the engine passes in when it builds the LayerStats.
@@ -17,7 +21,7 @@ from torch.profiler import record_function
 from isopo_bench.layerwise import kernels as K
 from isopo_bench.layerwise.ema import EmaStats, MetricSums
 from isopo_bench.layerwise.options import Needs
-from isopo_bench.layerwise.planner import overlaps_from_G_cheaper, row_chunks
+from isopo_bench.layerwise.planner import overlaps_from_G_cheaper, overlaps_from_G_cheaper_at, row_chunks
 from isopo_bench.layerwise.session import MicrobatchSession
 
 
@@ -111,3 +115,58 @@ def _fisher_norms(stats: LayerStats, session: MicrobatchSession, x, a, g, G, pre
         P_SB = K.probe_overlaps(side_a, side_g, B, T)
         denom = K.fisher_trace_sqrt(side_a[1], side_g[1])
     return P_SB.norm(dim=0) / denom
+
+
+def compute_chunked(stats: LayerStats, session: MicrobatchSession, needs: Needs, plan: str, x: torch.Tensor,
+                    a: torch.Tensor, g_chunks, d_out: int, prefix: str) -> bool:
+    """`compute` with the output gradient as chunks g_c (B, T, c) of its d_out columns, re-iterable
+    (`g_chunks()`, each call recomputing them). G_i is formed per chunk (B x c x d_in, never whole) where
+    `compute` would keep it; returns whether it would have (the materialised-fraction metric)."""
+    B, T = session.shape
+    with_G = plan == "materialise" and (needs.euclid_norms or needs.ntk or needs.ntk_row or stats.faithful)
+    with_G = with_G or (plan == "chunked" and (needs.euclid_norms or needs.ntk or needs.ntk_row))
+    a_N = a.reshape(B * T, -1)
+    if needs.fisher_norms:
+        probes = session.probes_for(stats.index)
+        stats.metrics.add(f"algo/{prefix}_probes_mean", torch.tensor(float(probes.numel())))
+        S = probes.numel()
+        from_G = stats.faithful or (plan == "materialise" and with_G
+                                    and overlaps_from_G_cheaper_at(B, d_out, a.shape[-1], S, B * T))
+        a_S = a_N[probes]
+        if not from_G:
+            side_a = session.shared(x, ("probe", -1 if session.options.share_probes else stats.index),
+                                    lambda: K.probe_side(a_N, probes))
+    if needs.ntk_row:
+        j = stats.drawn = session.drawn()
+        if not with_G:
+            a_row = session.shared(x, ("input_row", j, a.dtype), lambda: K.input_row(a, j))
+    if needs.euclid_norms and not with_G:
+        gram_a = session.shared(x, ("gram",), lambda: torch.bmm(a, a.transpose(1, 2)))
+    sq_norm = ntk = row = overlaps = g_sq_S = 0
+    with record_function(f"{prefix}/head_chunks"):
+        for g in g_chunks():
+            G = K.seq_grads(a, g, out=session.workspace((B, g.shape[-1], a.shape[-1]), a)) if with_G else None
+            if needs.euclid_norms:
+                sq_norm = sq_norm + (G.pow(2).sum(dim=(1, 2)) if G is not None else K.ghost_sq_norms(a, g, gram_a))
+            if needs.ntk:
+                ntk = ntk + (K.row_gram(G.reshape(B, -1)) if G is not None else K.gram_ntk(a, g))
+            if needs.ntk_row:
+                row = row + (G.flatten(1) @ G[j].flatten() if G is not None else K.ghost_row(a, g, j, a_row))
+            if needs.fisher_norms:
+                g_N = g.reshape(B * T, -1)
+                g_S = g_N[probes]
+                g_sq_S = g_sq_S + g_S.pow(2).sum(dim=1)
+                if from_G:
+                    part = K.probe_overlaps_materialised(G, a_S, g_S)
+                else:
+                    part = K.probe_overlaps(side_a, (g_S @ g_N.T, None), B, T)
+                overlaps = overlaps + part
+    if needs.euclid_norms:
+        stats.euclid_norm = sq_norm.clamp(min=0).sqrt()
+    if needs.ntk:
+        stats.ntk = ntk
+    if needs.ntk_row:
+        stats.ntk_row = row
+    if needs.fisher_norms:
+        stats.fisher_norm = overlaps.norm(dim=0) / K.fisher_trace_sqrt(a_S.norm(dim=1), g_sq_S.sqrt())
+    return with_G and plan == "materialise"
