@@ -171,9 +171,10 @@ CPU_BUDGET = CPU_TIER_DESIGN + """
 Budget: 90 minutes of wall clock on 2 cores, resumable (rerun the command to continue).
 Grid: the five paper algorithms + GRPO's DAPO (clip-higher 0.28) and Dr.GRPO (token-sum / (B L_max)) settings
 = 7 algorithms, x 2 optimizers with their own lr grids (AdamW 5e-6, 1.2e-5, 3e-5 as quick; SGD with momentum
-0.9: 6e-4, 1.5e-3, 4e-3, placed from the v2 tier, where SGD 1e-3 gained most, 3e-3 less and 3e-2 collapsed), x 5 seeds = 210 runs, ~210 x 32 / 2 workers = ~56 minutes on a quiet machine.
-Power: with 5 seeds the minimum detectable paired difference (80% power, two-sided 5%) is
-(t_0.975,4 + t_0.8,4) / sqrt(5) = 1.66 x the seed-to-seed sd of the difference; the leaderboard prints it
+0.9: 6e-4, 1.5e-3, 4e-3, placed from the v2 tier, where SGD 1e-3 gained most, 3e-3 less and 3e-2 collapsed), x 4 seeds = 168 runs. Measured on the 2-core machine: ~53 s of wall per run per worker with 2 workers (the
+v2 quick suite, and the first runs of this one), so ~75 minutes; 5 seeds (~93 minutes) did not fit.
+Power: with 4 seeds the minimum detectable paired difference (80% power, two-sided 5%) is
+(t_0.975,3 + t_0.8,3) / sqrt(4) = 2.08 x the seed-to-seed sd of the difference; the leaderboard prints it
 for every comparison from the measured sd."""
 
 
@@ -181,7 +182,7 @@ def _cpu() -> Suite:
     return Suite(
         name="cpu", version=1, base=cpu_tier_base(), algorithms=SEVEN_ALGORITHMS, lrs=(),
         arms=(OptimizerArm("adamw", (5e-6, 1.2e-5, 3e-5)), OptimizerArm("sgd", (6e-4, 1.5e-3, 4e-3))),
-        seeds=(0, 1, 2, 3, 4), warm_start=True, warm_start_settings=CPU_TIER_WARM_START, budget=CPU_BUDGET,
+        seeds=(0, 1, 2, 3), warm_start=True, warm_start_settings=CPU_TIER_WARM_START, budget=CPU_BUDGET,
         description="The CPU tier with power: 7 algorithms x (AdamW, SGD with momentum) x 3 learning rates each x "
                     "5 seeds, on the quick suite's task and warm start.",
     )
