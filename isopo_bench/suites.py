@@ -140,8 +140,9 @@ Cost (v2 at 20 steps, evaluations at 0, 10, 20 of 512 items): ~32 core-s per run
 
 QUICK_BUDGET = CPU_TIER_DESIGN + """
 Budget: 15 minutes of wall clock on a quiet 2-core CPU (the warm start is shipped, not trained).
-Grid: 5 algorithms x 3 AdamW learning rates (5e-6, 1.2e-5, 3e-5: 2.5x apart; REINFORCE's first runs here read
-0.492 at 1.2e-5 and 0.428 at 3e-5, and 1e-4 fell to 0.258) x 3 seeds (the minimum for a t-interval) = 45 runs, ~45 x 32 / 2 workers = ~12 minutes."""
+Grid: 5 algorithms x 4 AdamW learning rates (5e-6, 1.2e-5, 3e-5, 7.5e-5: 2.5x apart; in cpu@v1's first seed
+REINFORCE and CISPO were best at 1.2e-5, GRPO, DAPO and both ISOPOs at 3e-5, so three points could not
+bracket all five) x 3 seeds (the minimum for a t-interval) = 60 runs, ~60 x 30 s / 2 workers = ~15 minutes."""
 
 
 def cpu_tier_base(steps: int = 20) -> RunConfig:
@@ -159,7 +160,7 @@ def cpu_tier_base(steps: int = 20) -> RunConfig:
 
 def _quick() -> Suite:
     return Suite(
-        name="quick", version=3, base=cpu_tier_base(), algorithms=FIVE_ALGORITHMS, lrs=(5e-6, 1.2e-5, 3e-5),
+        name="quick", version=3, base=cpu_tier_base(), algorithms=FIVE_ALGORITHMS, lrs=(5e-6, 1.2e-5, 3e-5, 7.5e-5),
         seeds=(0, 1, 2), warm_start=True, warm_start_settings=CPU_TIER_WARM_START, budget=QUICK_BUDGET,
         description="The CPU tier in 15 minutes: warm-started tiny Qwen3 on 3-term single-digit arithmetic, 5 "
                     "algorithms x 3 learning rates x 3 seeds.",
@@ -170,19 +171,20 @@ SEVEN_ALGORITHMS = (*FIVE_ALGORITHMS, "dapo", "drgrpo")
 CPU_BUDGET = CPU_TIER_DESIGN + """
 Budget: 90 minutes of wall clock on 2 cores, resumable (rerun the command to continue).
 Grid: the five paper algorithms + GRPO's DAPO (clip-higher 0.28) and Dr.GRPO (token-sum / (B L_max)) settings
-= 7 algorithms, x 2 optimizers with their own lr grids (AdamW 5e-6, 1.2e-5, 3e-5 as quick; SGD with momentum
-0.9: 6e-4, 1.5e-3, 4e-3, placed from the v2 tier, where SGD 1e-3 gained most, 3e-3 less and 3e-2 collapsed), x 4 seeds = 168 runs. Measured on the 2-core machine: ~53 s of wall per run per worker with 2 workers (the
-v2 quick suite, and the first runs of this one), so ~75 minutes; 5 seeds (~93 minutes) did not fit.
-Power: with 4 seeds the minimum detectable paired difference (80% power, two-sided 5%) is
-(t_0.975,3 + t_0.8,3) / sqrt(4) = 2.08 x the seed-to-seed sd of the difference; the leaderboard prints it
+= 7 algorithms, x 2 optimizers with their own lr grids (AdamW 5e-6, 1.2e-5, 3e-5, 7.5e-5 as quick; SGD with
+momentum 0.9: 6e-4, 1.5e-3, 4e-3, placed from the v2 tier, where SGD 1e-3 gained most, 3e-3 less and 3e-2
+collapsed), x 3 seeds = 147 runs. Measured on the 2-core machine: ~55 s of wall per run per worker with 2
+workers, so ~70 minutes; 4 seeds (~90 minutes) did not fit beside the rest of the work.
+Power: with 3 seeds the minimum detectable paired difference (80% power, two-sided 5%) is
+(t_0.975,2 + t_0.8,2) / sqrt(3) = 3.10 x the seed-to-seed sd of the difference; the leaderboard prints it
 for every comparison from the measured sd."""
 
 
 def _cpu() -> Suite:
     return Suite(
         name="cpu", version=1, base=cpu_tier_base(), algorithms=SEVEN_ALGORITHMS, lrs=(),
-        arms=(OptimizerArm("adamw", (5e-6, 1.2e-5, 3e-5)), OptimizerArm("sgd", (6e-4, 1.5e-3, 4e-3))),
-        seeds=(0, 1, 2, 3), warm_start=True, warm_start_settings=CPU_TIER_WARM_START, budget=CPU_BUDGET,
+        arms=(OptimizerArm("adamw", (5e-6, 1.2e-5, 3e-5, 7.5e-5)), OptimizerArm("sgd", (6e-4, 1.5e-3, 4e-3))),
+        seeds=(0, 1, 2), warm_start=True, warm_start_settings=CPU_TIER_WARM_START, budget=CPU_BUDGET,
         description="The CPU tier with power: 7 algorithms x (AdamW, SGD with momentum) x 3 learning rates each x "
                     "5 seeds, on the quick suite's task and warm start.",
     )

@@ -38,11 +38,11 @@ def options(root, store: str, workers: int = 1) -> SuiteOptions:
 def test_quick_suite_grid():
     suite = get_suite("quick")
     configs = suite.configs()
-    assert len(configs) == 5 * 3 * 3 and len({c.config_hash() for c in configs}) == 45
+    assert len(configs) == 5 * 4 * 3 and len({c.config_hash() for c in configs}) == 60
     assert {c.tracking.suite for c in configs} == {"quick@v3"}
-    assert max(suite.lrs) / min(suite.lrs) == pytest.approx(6.25) and suite.warm_start
+    assert max(suite.lrs) / min(suite.lrs) == pytest.approx(15.0) and suite.warm_start
     assert dict(suite.warm_start_settings) == {"direct_answer_fraction": 0.6}
-    assert [c.seed for c in configs[:15]] == [0] * 15  # seed-major: a partial suite has whole seeds
+    assert [c.seed for c in configs[:20]] == [0] * 20  # seed-major: a partial suite has whole seeds
     assert configs[0].task.eval_items >= 500 and configs[0].threads == 1
     for cfg in configs:  # everything but the compared axes is shared
         back = replace(cfg, algorithm=suite.base.algorithm, seed=suite.base.seed,
@@ -58,11 +58,11 @@ def test_quick_suite_grid():
 def test_cpu_suite_grid_crosses_seven_algorithms_with_two_optimizers():
     suite = get_suite("cpu")
     configs = suite.configs()
-    assert len(configs) == 7 * (3 + 3) * 4 == len({c.config_hash() for c in configs})
+    assert len(configs) == 7 * (4 + 3) * 3 == len({c.config_hash() for c in configs})
     assert {"dapo", "drgrpo", "isopo", "isopo-interacting", "reinforce", "grpo", "cispo"} == set(suite.algorithms)
     lrs = {opt: sorted({c.optim.lr for c in configs if c.optim.optimizer == opt}) for opt in ("adamw", "sgd")}
-    assert lrs == {"adamw": [5e-6, 1.2e-5, 3e-5], "sgd": [6e-4, 1.5e-3, 4e-3]}
-    assert [c.seed for c in configs[:42]] == [0] * 42  # seed-major: an interrupted suite holds whole seeds
+    assert lrs == {"adamw": [5e-6, 1.2e-5, 3e-5, 7.5e-5], "sgd": [6e-4, 1.5e-3, 4e-3]}
+    assert [c.seed for c in configs[:49]] == [0] * 49  # seed-major: an interrupted suite holds whole seeds
     quick = get_suite("quick")
     assert suite.base == quick.base and suite.warm_start_settings == quick.warm_start_settings  # one tier
 
