@@ -38,11 +38,11 @@ def options(root, store: str, workers: int = 1) -> SuiteOptions:
 def test_quick_suite_grid():
     suite = get_suite("quick")
     configs = suite.configs()
-    assert len(configs) == 5 * 4 * 3 and len({c.config_hash() for c in configs}) == 60
+    assert len(configs) == 5 * 3 * 3 and len({c.config_hash() for c in configs}) == 45
     assert {c.tracking.suite for c in configs} == {"quick@v3"}
-    assert max(suite.lrs) / min(suite.lrs) == pytest.approx(15.0) and suite.warm_start
+    assert max(suite.lrs) / min(suite.lrs) == pytest.approx(10.0) and suite.warm_start
     assert dict(suite.warm_start_settings) == {"direct_answer_fraction": 0.6}
-    assert [c.seed for c in configs[:20]] == [0] * 20  # seed-major: a partial suite has whole seeds
+    assert [c.seed for c in configs[:15]] == [0] * 15  # seed-major: a partial suite has whole seeds
     assert configs[0].task.eval_items >= 500 and configs[0].threads == 1
     for cfg in configs:  # everything but the compared axes is shared
         back = replace(cfg, algorithm=suite.base.algorithm, seed=suite.base.seed,
