@@ -72,7 +72,8 @@ def test_cli_help_documents_every_field():
     cmd = [sys.executable, "-m", "isopo_bench.cli", "train", "--algorithm.name", "isopo", "--task.name", "arithmetic", "--help"]
     out = subprocess.run(cmd, capture_output=True, text=True)
     assert out.returncode == 0
-    for flag, doc in (("--optim.lr", "AdamW learning rate"), ("--algorithm.q", "Fisher norm"),
+    for flag, doc in (("--optim.lr", "Learning rate of the optimizer"), ("--optim.optimizer", "heavy-ball momentum"),
+                      ("--algorithm.q", "Fisher norm"),
                       ("--task.max-operand", "Largest operand"),
                       ("--rollout.samples-per-prompt", "completions per prompt"), ("--tracking.uri", "MLflow")):
         assert flag in out.stdout and doc in out.stdout, flag
