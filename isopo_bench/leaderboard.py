@@ -24,7 +24,7 @@ RUN_COLUMNS = [
     M.LB_RUN_ID, M.LB_RUN_NAME, M.LB_STATUS, *GROUP, M.LB_ALGORITHM, M.LB_LR, M.LB_SEED, M.LB_STEPS,
     M.LB_PLANNED_STEPS, M.LB_FINAL_ACC, M.LB_BEST_ACC, M.LB_INITIAL_ACC, M.LB_PASS_AT_K, M.LB_MEAN_AT_K, M.LB_ELAPSED, M.LB_UPDATE_S,
     M.LB_STEP_S, M.LB_EVAL_CURVE, M.LB_COMMIT, M.LB_CONFIG_HASH, M.LB_MACHINE, M.LB_STATUS_DETAIL, M.LB_START_TIME,
-    M.LB_UPDATE_CPU_S, M.LB_FLOOR,
+    M.LB_UPDATE_CPU_S, M.LB_FLOOR, M.LB_OPTIMIZER, M.LB_MODEL_DISPLAY, M.LB_START_HASH,
 ]
 # Per-step diagnostics (isopo_bench.diagnostics): per run the median over steps; per (algorithm, lr) the
 # mean over seeds (the KL with its 95% interval over seeds). NaN for runs logged without diagnostics.
@@ -147,6 +147,9 @@ def _run_row(client, run) -> dict:
         M.LB_MACHINE: tags.get(M.TAG_MACHINE, ""), M.LB_STATUS_DETAIL: tags.get(M.TAG_STATUS_DETAIL, ""),
         M.LB_START_TIME: run.info.start_time,
         M.LB_UPDATE_CPU_S: _median(hist[M.TIME_CPU_UPDATE]), M.LB_FLOOR: _median(hist[M.COST_FLOP_FLOOR]),
+        # runs logged before the optimizer tag existed used AdamW
+        M.LB_OPTIMIZER: tags.get(M.TAG_OPTIMIZER, "adamw"), M.LB_MODEL_DISPLAY: tags.get(M.TAG_MODEL_DISPLAY, ""),
+        M.LB_START_HASH: tags.get(M.TAG_START_HASH, ""),
     } | {column: _median(hist[metric]) for column, metric in DIAG_RUN.items()}
 
 

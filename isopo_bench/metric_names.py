@@ -104,6 +104,12 @@ TAG_SCORER_VERSION = "scorer_version"
 TAG_LR = "lr"
 TAG_MACHINE = "machine"
 TAG_STATUS_DETAIL = "status_detail"
+TAG_OPTIMIZER = "optimizer"
+"""The optimizer family of the run ("adamw" or "sgd"); runs logged before the tag existed used AdamW."""
+TAG_MODEL_DISPLAY = "model_display"
+"""A short readable name of the model (the model tag itself may be a warm-start cache path)."""
+TAG_START_HASH = "start_hash"
+"""Identity hash of the weights the run started from."""
 
 # Leaderboard columns (isopo_bench.leaderboard; the dashboard and the CSV/Markdown exports use these names).
 # Per run (load_runs):
@@ -121,6 +127,9 @@ LB_SEED = TAG_SEED
 LB_COMMIT = TAG_COMMIT
 LB_CONFIG_HASH = TAG_CONFIG_HASH
 LB_MACHINE = TAG_MACHINE
+LB_OPTIMIZER = TAG_OPTIMIZER
+LB_MODEL_DISPLAY = TAG_MODEL_DISPLAY
+LB_START_HASH = TAG_START_HASH
 LB_STEPS = "steps_done"
 LB_PLANNED_STEPS = "steps_planned"
 LB_FINAL_ACC = "final_accuracy"
