@@ -26,7 +26,8 @@ import pandas as pd
 from isopo_bench import leaderboard as lb
 from isopo_bench import metric_names as M
 
-ARM_KEY = [*lb.GROUP, M.LB_ALGORITHM, M.LB_LR, M.LB_OPTIMIZER]
+ARM_KEY = list(dict.fromkeys([*lb.GROUP, M.LB_ALGORITHM, M.LB_LR, M.LB_OPTIMIZER]))
+"""(dict.fromkeys: the optimizer is named once should the leaderboard's group come to include it.)"""
 ARM = "arm"
 """The column holding an arm's label in every frame built here."""
 DEFAULT_OPTIMIZER = "adamw"
@@ -72,7 +73,8 @@ def arm_table(runs: pd.DataFrame) -> pd.DataFrame:
         key = dict(zip(ARM_KEY, row))
         label = f"{key[M.LB_ALGORITHM]} · lr {key[M.LB_LR]:g} · {key[M.LB_OPTIMIZER]}"
         if several_groups:
-            label = f"{key[M.LB_SUITE] or '-'}/{key[M.LB_TASK]}/{names.get(key[M.LB_MODEL], key[M.LB_MODEL])} · {label}"
+            model = names.get(key[M.LB_MODEL], key[M.LB_MODEL])
+            label = f"{key[M.LB_SUITE] or '-'}/{key[M.LB_TASK]}/{model} · {label}"
         labels.append(label)
     return table.assign(**{ARM: labels}).reset_index(drop=True)
 
@@ -96,19 +98,25 @@ def by_arm(runs: pd.DataFrame) -> pd.DataFrame:
     return table.merge(arm_table(runs)[[*ARM_KEY, ARM]], on=ARM_KEY, how="left")
 
 
+def boards_by_optimizer(runs: pd.DataFrame, baseline: str = lb.REINFORCE) -> pd.DataFrame:
+    """The leaderboard (lb.leaderboard) of each optimizer's runs alone, with the optimizer column: best lr,
+    accuracy and intervals per (group, algorithm, optimizer), never pooling two optimizers."""
+    runs = with_optimizer(runs)
+    parts = [lb.leaderboard(part, baseline=baseline).assign(**{M.LB_OPTIMIZER: optimizer})
+             for optimizer, part in runs.groupby(M.LB_OPTIMIZER)]
+    return pd.concat(parts, ignore_index=True) if parts else lb.leaderboard(runs).assign(**{M.LB_OPTIMIZER: ""})
+
+
 def best_arms(runs: pd.DataFrame) -> list[str]:
     """Labels of each (group, algorithm, optimizer) at its best learning rate: the leaderboard's best_lr
-    (highest mean final accuracy), from the leaderboard of that optimizer's runs alone."""
-    runs = with_optimizer(runs)
-    arms, best = arm_table(runs), []
-    for optimizer, part in runs.groupby(M.LB_OPTIMIZER):
-        board = lb.leaderboard(part).dropna(subset=[M.LB_BEST_LR])
-        for row in board.itertuples(index=False):
-            key = dict(zip(board.columns, row)) | {M.LB_OPTIMIZER: optimizer}
-            match = (arms[ARM_KEY[:-2]] == pd.Series({c: key[c] for c in ARM_KEY[:-2]})).all(axis=1)
-            match &= np.isclose(arms[M.LB_LR], key[M.LB_BEST_LR]) & (arms[M.LB_OPTIMIZER] == optimizer)
-            best += list(arms.loc[match, ARM])
-    return [label for label in arms[ARM] if label in set(best)]
+    (highest mean final accuracy) in that optimizer's own leaderboard (boards_by_optimizer)."""
+    arms, best = arm_table(runs), set()
+    board = boards_by_optimizer(runs).dropna(subset=[M.LB_BEST_LR])
+    for row in board.to_dict("records"):
+        match = (arms[ARM_KEY[:-2]] == pd.Series({c: row[c] for c in ARM_KEY[:-2]})).all(axis=1)
+        match &= np.isclose(arms[M.LB_LR], row[M.LB_BEST_LR]) & (arms[M.LB_OPTIMIZER] == row[M.LB_OPTIMIZER])
+        best |= set(arms.loc[match, ARM])
+    return [label for label in arms[ARM] if label in best]
 
 
 def edge_notes(arm_rows: pd.DataFrame) -> list[str]:
@@ -142,7 +150,8 @@ def smoothed(history: pd.DataFrame, method: str = "none", amount: float = 0.0) -
         raise ValueError(f"rolling window {amount} is under one step. Fix: pass a window of at least 1")
     ordered = history.sort_values([M.LB_RUN_ID, "step"])
     if method == "EMA":
-        smooth = lambda v: v.ewm(alpha=1.0 - amount, adjust=False).mean()  # noqa: E731 - adjust=False: the recursion above
+        # adjust=False is the recursion of the module docstring (pandas' default reweights the first terms)
+        smooth = lambda v: v.ewm(alpha=1.0 - amount, adjust=False).mean()  # noqa: E731
     else:
         smooth = lambda v: v.rolling(int(amount), min_periods=1).mean()  # noqa: E731
     return ordered.assign(value=ordered.groupby(M.LB_RUN_ID)["value"].transform(smooth))

@@ -100,7 +100,8 @@ def render(uri: str, runs: pd.DataFrame) -> None:
             applied = smoothing if smooth_eval or not metric.startswith("eval/") else ("none", 0.0)
             curves = metric_band(uri, chosen_runs, metric, x, band, applied)
             if curves.empty:
-                st.info(f"No selected run logged `{metric}`" + (" with its wall-clock time." if x == "elapsed" else "."))
+                ending = " with its wall-clock time." if x == "elapsed" else "."
+                st.info(f"No selected run logged `{metric}`{ending}")
                 continue
             st.plotly_chart(_charts.curve_figure(curves, metric, x, colors, _arms.BANDS[band]),
                             key=f"curve-{metric}-{x}")

@@ -48,13 +48,18 @@ def column_config() -> dict:
 
 
 def accuracy_figure(group: pd.DataFrame):
+    """group: boards_by_optimizer's rows of one group. Bars per algorithm, or per algorithm · optimizer
+    when the group holds more than one optimizer (each at its own best learning rate)."""
     finished = group.dropna(subset=[M.LB_ACC_MEAN])
+    several = finished[M.LB_OPTIMIZER].nunique() > 1
+    bars = finished[M.LB_ALGORITHM] + (" · " + finished[M.LB_OPTIMIZER] if several else "")
     # A single seed has no interval: draw the bar without an error bar rather than a NaN one.
     mean = finished[M.LB_ACC_MEAN]
     lo, hi = finished[M.LB_ACC_CI_LO].fillna(mean), finished[M.LB_ACC_CI_HI].fillna(mean)
-    fig = _charts.bar_with_ci(finished.assign(lo=lo, hi=hi), M.LB_ALGORITHM, M.LB_ACC_MEAN, "lo", "hi",
+    fig = _charts.bar_with_ci(finished.assign(lo=lo, hi=hi, bar=bars), "bar", M.LB_ACC_MEAN, "lo", "hi",
                               "final held-out accuracy (fraction correct)")
-    fig.update_layout(xaxis_title="algorithm (best learning rate each)", yaxis_range=[0, 1])
+    fig.update_layout(xaxis_title=f"algorithm{' · optimizer' if several else ''} (best learning rate each)",
+                      yaxis_range=[0, 1])
     return fig
 
 
@@ -75,6 +80,8 @@ def lr_figure(arm_rows: pd.DataFrame, initial: float, colors: dict[str, str]) ->
     if not math.isnan(initial):
         fig.add_hline(y=initial, line_dash="dot", line_color="gray",
                       annotation_text=f"initial accuracy {initial:.3f}", annotation_position="bottom right")
+    lrs = sorted(rows[M.LB_LR].unique())
+    fig.update_xaxes(tickvals=lrs, ticktext=[f"{lr:g}" for lr in lrs])  # the grid itself, not "100µ"
     fig.update_layout(xaxis_title="learning rate (log scale)", xaxis_type="log",
                       yaxis_title="final held-out accuracy, mean over seeds", legend_title="algorithm · optimizer",
                       margin={"t": 30}, height=400)
@@ -88,8 +95,13 @@ def initial_accuracy(runs: pd.DataFrame) -> float:
 
 
 def render_group(key: tuple, board: pd.DataFrame, arm_rows: pd.DataFrame, runs: pd.DataFrame, names: dict) -> None:
+    """board: boards_by_optimizer's rows of the group."""
     suite, task, model = key
     st.markdown(f"#### Leaderboard: suite `{suite or '(none)'}`, task `{task}`, model `{names.get(model, model)}`")
+    if board[M.LB_OPTIMIZER].nunique() > 1:
+        st.warning("This group holds runs of more than one optimizer. The charts keep them apart; the table above "
+                   "is the CLI leaderboard's, which pools them per algorithm: filter by Optimizer in the sidebar to "
+                   "read it per optimizer.")
     if board[M.LB_ACC_MEAN].notna().any():
         st.plotly_chart(accuracy_figure(board), key=f"acc-{key}")
     else:
@@ -121,5 +133,6 @@ def render(uri: str, runs: pd.DataFrame) -> None:
     st.dataframe(shown, hide_index=True, key="leaderboard-table", column_config=column_config())
     st.download_button("Download the full leaderboard (CSV)", board.to_csv(index=False),
                        file_name="leaderboard.csv", mime="text/csv", key="lb-csv")
-    for key, group in board.groupby(lb.GROUP, sort=True):
-        render_group(key, group, in_group(arm_rows, key), in_group(runs, key), names)
+    per_optimizer = _arms.boards_by_optimizer(runs, baseline)
+    for key, _ in board.groupby(lb.GROUP, sort=True):
+        render_group(key, in_group(per_optimizer, key), in_group(arm_rows, key), in_group(runs, key), names)

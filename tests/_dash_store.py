@@ -57,7 +57,8 @@ def _metrics(arm: tuple, seed: int) -> list:
     for step in range(1, STEPS + 1):
         out += [Metric(name, value, 0, step) for name, value in (
             (M.REWARD_MEAN, reward(arm, seed, step)), (M.TIME_ELAPSED, STEP_S * step), (M.TIME_UPDATE, 0.1),
-            (M.TIME_STEP, 0.3), (M.TIME_ROLLOUT, 0.2), (M.ENTROPY, 1.0 - 0.1 * step), (M.DIAG_KL_TOK, kl(arm, seed, step)),
+            (M.TIME_STEP, 0.3), (M.TIME_ROLLOUT, 0.2), (M.ENTROPY, 1.0 - 0.1 * step),
+            (M.DIAG_KL_TOK, kl(arm, seed, step)),
             (M.DIAG_COS_UPDATE_NAT, 0.5), (M.DIAG_SURROGATE_PER_KL, 2.0))]
     final = final_accuracy(arm, seed)
     return out + [Metric(M.FINAL_ACCURACY, final, 0, 0), Metric(M.INITIAL_ACCURACY, INITIAL, 0, 0),

@@ -368,7 +368,8 @@ def test_curves_t_band_and_smoothing_leave_eval_curves_alone(synthetic, monkeypa
         smoothed.append(out)
     line = trace(chart_by_ytitle(at.tabs[1], "mean training reward (0-1)"), arm("reinforce", 1e-3))
     assert line["y"] == pytest.approx([(a + b) / 2 for a, b in zip(*smoothed)])
-    accuracy = trace(chart_by_ytitle(at.tabs[1], "held-out accuracy (fraction correct, greedy)"), arm("reinforce", 1e-3))
+    accuracy_chart = chart_by_ytitle(at.tabs[1], "held-out accuracy (fraction correct, greedy)")
+    accuracy = trace(accuracy_chart, arm("reinforce", 1e-3))
     assert accuracy["y"] == pytest.approx([sum(S.eval_accuracy(key, s, st) for s in (0, 1)) / 2 for st in S.EVAL_STEPS])
 
 
@@ -391,6 +392,13 @@ def test_leaderboard_accuracy_against_lr_with_intervals_initial_line_and_edge_no
         "Grid edge: grpo (adamw): the best learning rate 0.0001 is the smallest tried; a smaller one may do better.",
         "Grid edge: reinforce (adamw): the best learning rate 0.001 is the largest tried; a larger one may do better.",
         "Grid edge: reinforce (sgd): only one learning rate (0.001) has finished runs, so its best is unknown."]
+    bars = chart_by_ytitle(tab, "final held-out accuracy (fraction correct)")["data"][0]  # never pooling optimizers
+    mean_final = lambda key: sum(S.final_accuracy(key, s) for s in (0, 1)) / 2  # noqa: E731
+    assert dict(zip(bars["x"], bars["y"])) == pytest.approx({
+        "reinforce · adamw": mean_final(("reinforce", 1e-3, "adamw")),
+        "grpo · adamw": mean_final(("grpo", 1e-4, "adamw")),
+        "reinforce · sgd": mean_final(("reinforce", 1e-3, "sgd"))})
+    assert any("more than one optimizer" in w.value for w in tab.warning)
     assert set(tab.dataframe[0].value[M.LB_MODEL]) == {S.MODEL_DISPLAY}
     assert any(S.MODEL_DISPLAY in m.value and S.MODEL not in m.value for m in tab.markdown if "Leaderboard:" in m.value)
 

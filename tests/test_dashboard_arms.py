@@ -75,7 +75,8 @@ def test_ema_and_rolling_mean_match_hand_values_per_run():
     rolling = _arms.smoothed(hist, "rolling mean", 2).set_index([M.LB_RUN_ID, "step"])["value"]
     assert list(rolling["a"]) == pytest.approx([0.0, 0.5, 1.0, 0.5])
     assert list(rolling["b"]) == pytest.approx([4.0, 2.0, 1.0, 2.0])
-    assert _arms.smoothed(hist, "EMA", 0.0)["value"].tolist() == hist.sort_values([M.LB_RUN_ID, "step"])["value"].tolist()
+    unsmoothed = hist.sort_values([M.LB_RUN_ID, "step"])["value"].tolist()
+    assert _arms.smoothed(hist, "EMA", 0.0)["value"].tolist() == unsmoothed  # beta = 0: s_k = y_k
     assert _arms.smoothed(hist, "none") is hist
 
 
@@ -155,7 +156,8 @@ def test_accuracy_against_lr_figure_lines_error_bars_and_initial_line():
     assert set(lines) == {"grpo · adamw", "grpo · sgd"}
     adamw = lines["grpo · adamw"]
     assert list(adamw.x) == [1e-4, 1e-3] and list(adamw.y) == [0.3, 0.5]  # sorted by lr
-    assert list(adamw.error_y.array) == pytest.approx([0.0, 0.2]) and list(adamw.error_y.arrayminus) == pytest.approx([0.0, 0.1])
+    assert list(adamw.error_y.array) == pytest.approx([0.0, 0.2])  # one seed at 1e-4: no interval
+    assert list(adamw.error_y.arrayminus) == pytest.approx([0.0, 0.1])
     assert adamw.line.dash == "solid" and lines["grpo · sgd"].line.dash == "dash"
     assert fig.layout.xaxis.type == "log"
     (initial,) = fig.layout.shapes
