@@ -25,6 +25,7 @@ import pandas as pd
 
 from isopo_bench import leaderboard as lb
 from isopo_bench import metric_names as M
+from isopo_bench.statistics import t_quantile
 
 ARM_KEY = list(dict.fromkeys([*lb.GROUP, M.LB_ALGORITHM, M.LB_LR, M.LB_OPTIMIZER]))
 """(dict.fromkeys: the optimizer is named once should the leaderboard's group come to include it.)"""
@@ -52,11 +53,12 @@ def short_model_name(model: str) -> str:
 
 
 def model_names(runs: pd.DataFrame) -> dict[str, str]:
-    """model -> the name to show: its runs' model_display tag where one has it, else short_model_name."""
+    """model -> the name to show: its runs' model_display tag where one has it, else short_model_name.
+    (load_runs fills a missing model_display with the model tag itself: that counts as none.)"""
     display = runs[M.LB_MODEL_DISPLAY] if M.LB_MODEL_DISPLAY in runs else pd.Series("", index=runs.index)
     names = {}
     for model, tags in display.fillna("").astype(str).groupby(runs[M.LB_MODEL].fillna("").astype(str)):
-        given = sorted(t for t in set(tags) if t)
+        given = sorted(t for t in set(tags) if t and t != model)
         names[model] = given[0] if given else short_model_name(model)
     return names
 
@@ -89,29 +91,17 @@ def with_arm(runs: pd.DataFrame) -> pd.DataFrame:
 
 
 def by_arm(runs: pd.DataFrame) -> pd.DataFrame:
-    """The leaderboard's per-lr table (lb.accuracy_vs_lr: mean final accuracy and its 95% t-interval over
-    seeds) computed separately for each optimizer, with the optimizer and ARM columns added."""
+    """The leaderboard's per-lr table (lb.accuracy_vs_lr: one row per (group, algorithm, optimizer, lr), mean
+    final accuracy and its 95% t-interval over seeds) with the ARM column added."""
     runs = with_optimizer(runs)
-    parts = [lb.accuracy_vs_lr(part).assign(**{M.LB_OPTIMIZER: optimizer})
-             for optimizer, part in runs.groupby(M.LB_OPTIMIZER)]
-    table = pd.concat(parts, ignore_index=True) if parts else lb.accuracy_vs_lr(runs).assign(**{M.LB_OPTIMIZER: ""})
-    return table.merge(arm_table(runs)[[*ARM_KEY, ARM]], on=ARM_KEY, how="left")
-
-
-def boards_by_optimizer(runs: pd.DataFrame, baseline: str = lb.REINFORCE) -> pd.DataFrame:
-    """The leaderboard (lb.leaderboard) of each optimizer's runs alone, with the optimizer column: best lr,
-    accuracy and intervals per (group, algorithm, optimizer), never pooling two optimizers."""
-    runs = with_optimizer(runs)
-    parts = [lb.leaderboard(part, baseline=baseline).assign(**{M.LB_OPTIMIZER: optimizer})
-             for optimizer, part in runs.groupby(M.LB_OPTIMIZER)]
-    return pd.concat(parts, ignore_index=True) if parts else lb.leaderboard(runs).assign(**{M.LB_OPTIMIZER: ""})
+    return lb.accuracy_vs_lr(runs).merge(arm_table(runs)[[*ARM_KEY, ARM]], on=ARM_KEY, how="left")
 
 
 def best_arms(runs: pd.DataFrame) -> list[str]:
     """Labels of each (group, algorithm, optimizer) at its best learning rate: the leaderboard's best_lr
-    (highest mean final accuracy) in that optimizer's own leaderboard (boards_by_optimizer)."""
+    (highest mean final accuracy; lb.leaderboard keeps optimizers apart)."""
     arms, best = arm_table(runs), set()
-    board = boards_by_optimizer(runs).dropna(subset=[M.LB_BEST_LR])
+    board = lb.leaderboard(with_optimizer(runs)).dropna(subset=[M.LB_BEST_LR])
     for row in board.to_dict("records"):
         match = (arms[ARM_KEY[:-2]] == pd.Series({c: row[c] for c in ARM_KEY[:-2]})).all(axis=1)
         match &= np.isclose(arms[M.LB_LR], row[M.LB_BEST_LR]) & (arms[M.LB_OPTIMIZER] == row[M.LB_OPTIMIZER])
@@ -174,4 +164,4 @@ def seed_band(history: pd.DataFrame, x: str, band: str = "range") -> pd.DataFram
 
 def t_half_width(sd: float, n: int) -> float:
     """t_{0.975, n-1} sd / sqrt(n); 0 for a single seed (no interval: the band is the line)."""
-    return 0.0 if n < 2 or math.isnan(sd) else lb.t975(n - 1) * sd / math.sqrt(n)
+    return 0.0 if n < 2 or math.isnan(sd) else t_quantile(0.975, n - 1) * sd / math.sqrt(n)

@@ -48,7 +48,7 @@ def column_config() -> dict:
 
 
 def accuracy_figure(group: pd.DataFrame):
-    """group: boards_by_optimizer's rows of one group. Bars per algorithm, or per algorithm · optimizer
+    """group: the leaderboard's rows of one group. Bars per algorithm, or per algorithm · optimizer
     when the group holds more than one optimizer (each at its own best learning rate)."""
     finished = group.dropna(subset=[M.LB_ACC_MEAN])
     several = finished[M.LB_OPTIMIZER].nunique() > 1
@@ -95,13 +95,9 @@ def initial_accuracy(runs: pd.DataFrame) -> float:
 
 
 def render_group(key: tuple, board: pd.DataFrame, arm_rows: pd.DataFrame, runs: pd.DataFrame, names: dict) -> None:
-    """board: boards_by_optimizer's rows of the group."""
+    """board: the leaderboard's rows of the group (one per algorithm and optimizer)."""
     suite, task, model = key
     st.markdown(f"#### Leaderboard: suite `{suite or '(none)'}`, task `{task}`, model `{names.get(model, model)}`")
-    if board[M.LB_OPTIMIZER].nunique() > 1:
-        st.warning("This group holds runs of more than one optimizer. The charts keep them apart; the table above "
-                   "is the CLI leaderboard's, which pools them per algorithm: filter by Optimizer in the sidebar to "
-                   "read it per optimizer.")
     if board[M.LB_ACC_MEAN].notna().any():
         st.plotly_chart(accuracy_figure(board), key=f"acc-{key}")
     else:
@@ -133,6 +129,5 @@ def render(uri: str, runs: pd.DataFrame) -> None:
     st.dataframe(shown, hide_index=True, key="leaderboard-table", column_config=column_config())
     st.download_button("Download the full leaderboard (CSV)", board.to_csv(index=False),
                        file_name="leaderboard.csv", mime="text/csv", key="lb-csv")
-    per_optimizer = _arms.boards_by_optimizer(runs, baseline)
-    for key, _ in board.groupby(lb.GROUP, sort=True):
-        render_group(key, in_group(per_optimizer, key), in_group(arm_rows, key), in_group(runs, key), names)
+    for key, group in board.groupby(lb.GROUP, sort=True):
+        render_group(key, group, in_group(arm_rows, key), in_group(runs, key), names)

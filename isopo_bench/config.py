@@ -121,12 +121,18 @@ class AlgorithmConfig:
 class OptimConfig:
     steps: int = 50
     """Training steps (one rollout batch each)."""
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    """`adamw` (decoupled weight decay), or `sgd`: SGD with heavy-ball momentum, where the gradient's scale and
+    direction reach the parameters directly (AdamW's per-coordinate normalisation can mask what a
+    natural-gradient method changes in the raw gradient)."""
     lr: float = 1e-4
-    """AdamW learning rate."""
+    """Learning rate of the optimizer (the scales differ: SGD typically needs a far larger one than AdamW)."""
     weight_decay: float = 0.01
-    """AdamW weight decay."""
+    """Weight decay: decoupled for AdamW; for SGD the L2 term torch adds to the gradient."""
     betas: tuple[float, float] = (0.9, 0.999)
-    """AdamW betas."""
+    """AdamW betas (unused by SGD)."""
+    momentum: float = 0.9
+    """SGD heavy-ball momentum (unused by AdamW)."""
     grad_clip: float = 1.0
     """Global gradient-norm clip; 0 disables."""
     lr_schedule: Literal["constant", "cosine", "linear"] = "constant"
@@ -250,6 +256,12 @@ def experiment_hash(config: dict) -> str:
     # Settings added later leave the hash of runs that do not use them as it was.
     if d.get("correction", {}).get("mode", "off") == "off":
         d.pop("correction", None)
+    optim = d.get("optim", {})
+    if optim.get("optimizer", "adamw") == "adamw":
+        optim.pop("optimizer", None)
+        optim.pop("momentum", None)
+    else:
+        optim.pop("betas", None)  # SGD never reads them
     if not d.get("eval", {}).get("samples", 0):
         d.get("eval", {}).pop("samples", None)
         d.get("eval", {}).pop("pass_k", None)

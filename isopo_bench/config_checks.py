@@ -16,6 +16,7 @@ from isopo_bench.capabilities import check_pairing
 from isopo_bench.diagnostics.monitor import StepDiagnostics
 from isopo_bench.config import ModelConfig, RunConfig
 from isopo_bench.errors import ConfigError, UnknownNameError
+from isopo_bench.item_record import MAX_ITEMS as MAX_RECORDED_ITEMS
 from isopo_bench.plugin_settings import algorithm_settings, run_algorithm_setup, task_settings
 from isopo_bench.plugins import ADVANTAGES, ALGORITHMS, ENGINES, TASKS
 
@@ -155,7 +156,12 @@ def check_value_ranges(cfg: RunConfig) -> None:
     if len(o.betas) != 2 or not all(math.isfinite(b) and 0 <= b < 1 for b in o.betas):
         raise ConfigError("optim.betas", f"each must be in [0, 1), got {' '.join(map(str, o.betas))}",
                           "use the AdamW default --optim.betas 0.9 0.999")
+    if not (math.isfinite(o.momentum) and 0 <= o.momentum < 1):
+        raise ConfigError("optim.momentum", f"must be in [0, 1), got {o.momentum}", "use 0.9 (heavy-ball), or 0 for plain SGD")
     _positive("task.eval_items", cfg.task.eval_items, "score at least one held-out item (e.g. 128)")
+    if cfg.task.eval_items > MAX_RECORDED_ITEMS:  # each run records every item's correctness in one MLflow tag
+        raise ConfigError("task.eval_items", f"{cfg.task.eval_items} items exceed the {MAX_RECORDED_ITEMS} whose "
+                          "per-item results fit one MLflow tag", f"evaluate at most {MAX_RECORDED_ITEMS} items")
     _positive("rollout.generation_batch_size", r.generation_batch_size, "use 64 (sequences generated together)")
     _positive("rollout.max_prompt_tokens", r.max_prompt_tokens, "use 256 or more")
     _finite("rollout.temperature", r.temperature, "use 1.0 for training rollouts")

@@ -5,7 +5,9 @@ temperature and top-p, a fixed seed per evaluation), reported as
     mean@n  = mean over items of c_i / n                        (c_i: correct samples of item i)
     pass@k  = mean over items of 1 - C(n - c_i, k) / C(n, k)    (the unbiased estimator, Chen et al. 2021,
                                                                  arXiv 2107.03374; k <= n)
-Rewards count as correct when >= 0.5 (tasks score 0/1; a partial-credit task is thresholded).
+Rewards count as correct when >= 0.5 (tasks score 0/1; a partial-credit task is thresholded). Every
+evaluation also returns the greedy correctness of each item in order (`items_correct`): the trainer records
+it per run (isopo_bench.item_record), so the leaderboard can resample evaluation items.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from isopo_bench.rollout.api import SamplingSettings
 class EvalResult:
     metrics: dict[str, float]
     samples: list[dict]
+    items_correct: list[int]
+    """Greedy correctness (1: reward >= 0.5) of every item, in the order of `items`."""
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -70,4 +74,4 @@ def evaluate(engine, task, tokenizer, items, max_new_tokens: int, num_samples: i
         {"prompt": p, "completion": t, "answer": item.answer, "reward": r}
         for p, t, item, r in list(zip(prompts, texts, items, rewards))[:num_samples]
     ]
-    return EvalResult(metrics, logged)
+    return EvalResult(metrics, logged, [int(r >= 0.5) for r in rewards])

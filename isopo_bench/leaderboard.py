@@ -1,11 +1,13 @@
 """The leaderboard: MLflow runs -> one row per run -> aggregates per algorithm (and per learning rate).
 
 Shared by `isopo-bench leaderboard`, the suite runner and the Streamlit dashboard, so it imports only
-pandas, numpy, mlflow and metric_names (never torch or the trainer).
+pandas, numpy, scipy, mlflow and the package's torch-free modules (never torch or the trainer).
 
-Rules: comparisons happen only inside one (suite version, task, model) group; runs that failed or did
-not finish are counted per group and never averaged in; every aggregate row names the commits and the
-config hashes it was computed from. Intervals are two-sided 95% Student-t intervals over seeds.
+Rules: comparisons happen only inside one (suite version, task, model, optimizer) cell; runs that failed
+or did not finish are counted per cell and never averaged in; every aggregate row names the commits and
+the config hashes it was computed from. Intervals are two-sided 95% Student-t intervals over seeds; the
+seed-paired comparisons against the baseline, their bootstrap and MDE, and the learning-rate window are
+isopo_bench.comparisons' (docs/statistics.md).
 """
 
 from __future__ import annotations
@@ -17,74 +19,56 @@ import numpy as np
 import pandas as pd
 
 from isopo_bench import metric_names as M
+from isopo_bench.start_check import START_COLUMNS, require_single_start, select_start_hash, start_columns
+from isopo_bench.comparisons import (
+    CELL, COMPARISON_DISPLAY_COLUMNS, COMPARISONS_TITLE, DEFAULT_OPTIMIZER, GROUP, ON_BOARD, ROBUSTNESS_COLUMNS,
+    board_comparisons, comparisons, lr_robustness, readable, with_default_optimizer,
+)
+from isopo_bench.item_record import decode_correct
+from isopo_bench.statistics import t_interval
 
-GROUP = [M.LB_SUITE, M.LB_TASK, M.LB_MODEL]
 REINFORCE = "reinforce"
 RUN_COLUMNS = [
-    M.LB_RUN_ID, M.LB_RUN_NAME, M.LB_STATUS, *GROUP, M.LB_ALGORITHM, M.LB_LR, M.LB_SEED, M.LB_STEPS,
+    M.LB_RUN_ID, M.LB_RUN_NAME, M.LB_STATUS, *GROUP, M.LB_ALGORITHM, M.LB_OPTIMIZER, M.LB_LR, M.LB_SEED, M.LB_STEPS,
     M.LB_PLANNED_STEPS, M.LB_FINAL_ACC, M.LB_BEST_ACC, M.LB_INITIAL_ACC, M.LB_PASS_AT_K, M.LB_MEAN_AT_K, M.LB_ELAPSED, M.LB_UPDATE_S,
     M.LB_STEP_S, M.LB_EVAL_CURVE, M.LB_COMMIT, M.LB_CONFIG_HASH, M.LB_MACHINE, M.LB_STATUS_DETAIL, M.LB_START_TIME,
-    M.LB_UPDATE_CPU_S, M.LB_FLOOR, M.LB_OPTIMIZER, M.LB_MODEL_DISPLAY, M.LB_START_HASH,
+    M.LB_UPDATE_CPU_S, M.LB_FLOOR, M.LB_ITEMS_CORRECT, M.LB_ITEMS_DIGEST, M.LB_ITEMS_STEP,
 ]
 # Per-step diagnostics (isopo_bench.diagnostics): per run the median over steps; per (algorithm, lr) the
 # mean over seeds (the KL with its 95% interval over seeds). NaN for runs logged without diagnostics.
 DIAG_RUN = {M.LB_DIAG_KL: M.DIAG_KL_TOK, M.LB_DIAG_COS: M.DIAG_COS_UPDATE_NAT, M.LB_DIAG_GAIN_PER_KL: M.DIAG_SURROGATE_PER_KL}
-RUN_COLUMNS += list(DIAG_RUN)
+RUN_COLUMNS += list(DIAG_RUN) + START_COLUMNS
 DIAG_LR_COLUMNS = [M.LB_DIAG_KL, M.LB_DIAG_KL_CI_LO, M.LB_DIAG_KL_CI_HI, M.LB_DIAG_COS, M.LB_DIAG_GAIN_PER_KL]
 COUNTS = [M.LB_N_FINISHED, M.LB_N_FAILED, M.LB_N_INCOMPLETE]
 PROVENANCE = [M.LB_COMMITS, M.LB_CONFIG_HASHES, M.LB_MACHINE]
+LR_KEY = [*GROUP, M.LB_ALGORITHM, M.LB_OPTIMIZER, M.LB_LR]
 LR_COLUMNS = [
-    *GROUP, M.LB_ALGORITHM, M.LB_LR, *COUNTS, M.LB_SEEDS, M.LB_ACC_MEAN, M.LB_ACC_CI_LO, M.LB_ACC_CI_HI,
+    *LR_KEY, *COUNTS, M.LB_SEEDS, M.LB_ACC_MEAN, M.LB_ACC_CI_LO, M.LB_ACC_CI_HI, M.LB_GAIN_MEAN,
     M.LB_BEST_ACC_MEAN, M.LB_BUDGET_S, M.LB_ACC_AT_BUDGET, M.LB_UPDATE_S, M.LB_STEP_S, *PROVENANCE,
     *DIAG_LR_COLUMNS,
 ]
-DIFF_COLUMNS = [*GROUP, M.LB_ALGORITHM, M.LB_BASELINE, M.LB_N_PAIRS, M.LB_DIFF_MEAN, M.LB_DIFF_CI_LO, M.LB_DIFF_CI_HI]
+DIFF_COLUMNS = [*CELL, M.LB_ALGORITHM, M.LB_BASELINE, M.LB_N_PAIRS, M.LB_DIFF_MEAN, M.LB_DIFF_CI_LO, M.LB_DIFF_CI_HI]
 BOARD_COLUMNS = [
-    *GROUP, M.LB_ALGORITHM, *COUNTS, M.LB_LRS_FINISHED, M.LB_ROBUST_MEAN, M.LB_ROBUST_WORST, M.LB_BEST_LR,
-    M.LB_SEEDS, M.LB_ACC_MEAN, M.LB_ACC_CI_LO, M.LB_ACC_CI_HI, M.LB_BEST_ACC_MEAN, M.LB_BUDGET_S,
-    M.LB_ACC_AT_BUDGET, M.LB_THRESHOLD, M.LB_STEPS_TO_THRESHOLD, M.LB_THRESHOLD_REACHED, M.LB_UPDATE_S,
+    *GROUP, M.LB_ALGORITHM, M.LB_OPTIMIZER, *COUNTS, M.LB_LRS_FINISHED, M.LB_ROBUST_MEAN, M.LB_ROBUST_WORST,
+    M.LB_BEST_LR, *ROBUSTNESS_COLUMNS, M.LB_GAIN_MEAN, M.LB_SEEDS, M.LB_ACC_MEAN, M.LB_ACC_CI_LO, M.LB_ACC_CI_HI,
+    M.LB_BEST_ACC_MEAN, M.LB_BUDGET_S, M.LB_ACC_AT_BUDGET, M.LB_THRESHOLD, M.LB_STEPS_TO_THRESHOLD, M.LB_THRESHOLD_REACHED, M.LB_UPDATE_S,
     M.LB_STEP_S, M.LB_OVERHEAD, M.LB_BASELINE, M.LB_N_PAIRS, M.LB_DIFF_MEAN, M.LB_DIFF_CI_LO, M.LB_DIFF_CI_HI,
     M.LB_PASS_AT_K, M.LB_MEAN_AT_K, *PROVENANCE, M.LB_FLOOR, M.LB_OVERHEAD_CLOCK, M.LB_OVERHEAD_NOISE,
-    M.LB_OVERHEAD_RELIABLE,
+    M.LB_OVERHEAD_RELIABLE, *ON_BOARD,
 ]
 DISPLAY_COLUMNS = [
-    M.LB_ALGORITHM, *COUNTS, M.LB_ROBUST_MEAN, M.LB_ROBUST_WORST, M.LB_BEST_LR, M.LB_ACC_MEAN, M.LB_ACC_CI_LO,
-    M.LB_ACC_CI_HI, M.LB_ACC_AT_BUDGET, M.LB_BEST_ACC_MEAN, M.LB_PASS_AT_K, M.LB_MEAN_AT_K, M.LB_STEPS_TO_THRESHOLD,
-    M.LB_UPDATE_S, M.LB_STEP_S, M.LB_OVERHEAD, M.LB_FLOOR, M.LB_OVERHEAD_RELIABLE, M.LB_DIFF_MEAN, M.LB_DIFF_CI_LO,
-    M.LB_DIFF_CI_HI, M.LB_COMMITS,
+    M.LB_ALGORITHM, M.LB_OPTIMIZER, *COUNTS, M.LB_ROBUST_MEAN, M.LB_ROBUST_WORST, M.LB_BEST_LR, M.LB_BEST_LR_AT_EDGE,
+    M.LB_LR_WINDOW, M.LB_ACC_MEAN, M.LB_ACC_CI_LO, M.LB_ACC_CI_HI, M.LB_ACC_AT_BUDGET, M.LB_BEST_ACC_MEAN,
+    M.LB_PASS_AT_K, M.LB_MEAN_AT_K, M.LB_STEPS_TO_THRESHOLD, M.LB_UPDATE_S, M.LB_STEP_S, M.LB_OVERHEAD, M.LB_FLOOR,
+    M.LB_OVERHEAD_RELIABLE, M.LB_SEED_DIFF, M.LB_MDE, M.LB_COMMITS,
 ]
-"""The columns printed to the terminal; the CSV and Markdown exports hold all of BOARD_COLUMNS."""
+"""The columns printed to the terminal (the seed-paired difference at each arm's best lr and its MDE; the
+comparisons section gives the intervals and the verdict); the CSV and Markdown exports hold BOARD_COLUMNS."""
 LR_DISPLAY_COLUMNS = [
-    M.LB_ALGORITHM, M.LB_LR, *COUNTS, M.LB_SEEDS, M.LB_ACC_MEAN, M.LB_ACC_CI_LO, M.LB_ACC_CI_HI, M.LB_BEST_ACC_MEAN,
-    M.LB_ACC_AT_BUDGET, M.LB_UPDATE_S, M.LB_STEP_S, M.LB_DIAG_KL, M.LB_DIAG_COS, M.LB_DIAG_GAIN_PER_KL,
+    M.LB_ALGORITHM, M.LB_OPTIMIZER, M.LB_LR, *COUNTS, M.LB_SEEDS, M.LB_ACC_MEAN, M.LB_ACC_CI_LO, M.LB_ACC_CI_HI,
+    M.LB_GAIN_MEAN, M.LB_BEST_ACC_MEAN, M.LB_ACC_AT_BUDGET, M.LB_UPDATE_S, M.LB_STEP_S, M.LB_DIAG_KL, M.LB_DIAG_COS,
+    M.LB_DIAG_GAIN_PER_KL,
 ]
-
-# Two-sided 95% Student-t quantiles t_{0.975, df}, df = 1..30; beyond, the Cornish-Fisher expansion
-# (error < 3e-8 for df > 30). A table keeps scipy out of the dashboard's dependencies.
-_T975 = (12.706205, 4.302653, 3.182446, 2.776445, 2.570582, 2.446912, 2.364624, 2.306004, 2.262157, 2.228139,
-         2.200985, 2.178813, 2.160369, 2.144787, 2.131450, 2.119905, 2.109816, 2.100922, 2.093024, 2.085963,
-         2.079614, 2.073873, 2.068658, 2.063899, 2.059539, 2.055529, 2.051831, 2.048407, 2.045230, 2.042272)
-
-
-def t975(df: int) -> float:
-    if df <= len(_T975):
-        return _T975[df - 1]
-    z = 1.959963984540054
-    g = ((z**3 + z) / 4, (5 * z**5 + 16 * z**3 + 3 * z) / 96, (3 * z**7 + 19 * z**5 + 17 * z**3 - 15 * z) / 384,
-         (79 * z**9 + 776 * z**7 + 1482 * z**5 - 1920 * z**3 - 945 * z) / 92160)
-    return z + sum(gk / df ** (k + 1) for k, gk in enumerate(g))
-
-
-def t_interval(values) -> tuple[float, float, float]:
-    """(mean, low, high) of the 95% t-interval; no interval from fewer than two values."""
-    x = np.asarray([v for v in values if v is not None and not math.isnan(v)], dtype=float)
-    if len(x) == 0:
-        return math.nan, math.nan, math.nan
-    if len(x) == 1:
-        return float(x[0]), math.nan, math.nan
-    half = t975(len(x) - 1) * float(x.std(ddof=1)) / math.sqrt(len(x))
-    return float(x.mean()), float(x.mean()) - half, float(x.mean()) + half
-
 
 # ------------------------------------------------------------------------------------------------
 def load_runs(tracking_uri: str, experiment: str | None = None, suite: str | None = None) -> pd.DataFrame:
@@ -101,7 +85,7 @@ def load_runs(tracking_uri: str, experiment: str | None = None, suite: str | Non
     df = df.sort_values(["_done", M.LB_START_TIME]).drop(columns="_done")
     keyed = df[M.LB_CONFIG_HASH] != ""
     df = pd.concat([df[keyed].drop_duplicates(M.LB_CONFIG_HASH, keep="last"), df[~keyed]])
-    return df.sort_values([*GROUP, M.LB_ALGORITHM, M.LB_LR, M.LB_SEED]).reset_index(drop=True)
+    return df.sort_values([*LR_KEY, M.LB_SEED]).reset_index(drop=True)
 
 
 def _experiment_ids(client, experiment: str | None) -> list[str]:
@@ -134,7 +118,8 @@ def _run_row(client, run) -> dict:
     return {
         M.LB_RUN_ID: run.info.run_id, M.LB_RUN_NAME: run.info.run_name, M.LB_STATUS: run.info.status,
         M.LB_SUITE: tags.get(M.TAG_SUITE, ""), M.LB_TASK: tags.get(M.TAG_TASK, ""), M.LB_MODEL: tags.get(M.TAG_MODEL, ""),
-        M.LB_ALGORITHM: tags.get(M.TAG_ALGORITHM, ""), M.LB_LR: float(tags.get(M.TAG_LR, "nan")),
+        M.LB_ALGORITHM: tags.get(M.TAG_ALGORITHM, ""), M.LB_OPTIMIZER: tags.get(M.TAG_OPTIMIZER, DEFAULT_OPTIMIZER),
+        M.LB_LR: float(tags.get(M.TAG_LR, "nan")),
         M.LB_SEED: int(tags.get(M.TAG_SEED, "-1")), M.LB_STEPS: max(elapsed),
         M.LB_PLANNED_STEPS: int(params.get("optim.steps", "0")),
         M.LB_FINAL_ACC: metrics.get(M.FINAL_ACCURACY, math.nan), M.LB_BEST_ACC: metrics.get(M.BEST_ACCURACY, math.nan),
@@ -147,10 +132,9 @@ def _run_row(client, run) -> dict:
         M.LB_MACHINE: tags.get(M.TAG_MACHINE, ""), M.LB_STATUS_DETAIL: tags.get(M.TAG_STATUS_DETAIL, ""),
         M.LB_START_TIME: run.info.start_time,
         M.LB_UPDATE_CPU_S: _median(hist[M.TIME_CPU_UPDATE]), M.LB_FLOOR: _median(hist[M.COST_FLOP_FLOOR]),
-        # runs logged before the optimizer tag existed used AdamW
-        M.LB_OPTIMIZER: tags.get(M.TAG_OPTIMIZER, "adamw"), M.LB_MODEL_DISPLAY: tags.get(M.TAG_MODEL_DISPLAY, ""),
-        M.LB_START_HASH: tags.get(M.TAG_START_HASH, ""),
-    } | {column: _median(hist[metric]) for column, metric in DIAG_RUN.items()}
+        M.LB_ITEMS_CORRECT: np.asarray(decode_correct(tags.get(M.TAG_ITEMS_CORRECT, "")), dtype=np.uint8),
+        M.LB_ITEMS_DIGEST: tags.get(M.TAG_ITEMS_DIGEST, ""), M.LB_ITEMS_STEP: int(tags.get(M.TAG_ITEMS_STEP, "-1")),
+    } | {column: _median(hist[metric]) for column, metric in DIAG_RUN.items()} | start_columns(tags)
 
 
 def _median(points: list[tuple[int, float]]) -> float:
@@ -199,12 +183,12 @@ def steps_to(curve: list[tuple[int, float, float]], threshold: float) -> float:
 
 
 def with_budget_accuracy(runs_df: pd.DataFrame) -> pd.DataFrame:
-    """Adds LB_BUDGET_S and LB_ACC_AT_BUDGET to finished runs: the equal budget of a group is the time
+    """Adds LB_BUDGET_S and LB_ACC_AT_BUDGET to finished runs: the equal budget of a cell is the time
     the fastest algorithm needed to finish all its runs (min over algorithms of the max train time)."""
-    out = runs_df.copy()
+    out = with_default_optimizer(runs_df)
     out[M.LB_BUDGET_S], out[M.LB_ACC_AT_BUDGET] = math.nan, math.nan
     fin = _finished(out)
-    for _, g in fin.groupby(GROUP):
+    for _, g in fin.groupby(CELL):
         budget = g.groupby(M.LB_ALGORITHM)[M.LB_ELAPSED].max().min()
         out.loc[g.index, M.LB_BUDGET_S] = budget
         out.loc[g.index, M.LB_ACC_AT_BUDGET] = [accuracy_at(c, budget) for c in g[M.LB_EVAL_CURVE]]
@@ -212,16 +196,18 @@ def with_budget_accuracy(runs_df: pd.DataFrame) -> pd.DataFrame:
 
 
 def accuracy_vs_lr(runs_df: pd.DataFrame) -> pd.DataFrame:
-    """One row per (suite, task, model, algorithm, lr): run counts, final accuracy mean and 95% CI over
-    seeds, best and equal-budget accuracy, median step times, provenance (LR_COLUMNS)."""
+    """One row per (suite, task, model, algorithm, optimizer, lr): run counts, final accuracy mean and
+    95% CI over seeds, mean gain (final - initial), best and equal-budget accuracy, median step times,
+    provenance (LR_COLUMNS)."""
     df = with_budget_accuracy(runs_df)
     rows = []
-    for key, g in df.groupby([*GROUP, M.LB_ALGORITHM, M.LB_LR], dropna=False):
+    for key, g in df.groupby(LR_KEY, dropna=False):
         fin = _finished(g)
         mean, lo, hi = t_interval(fin[M.LB_FINAL_ACC])
-        rows.append(dict(zip([*GROUP, M.LB_ALGORITHM, M.LB_LR], key)) | _counts(g) | {
+        rows.append(dict(zip(LR_KEY, key)) | _counts(g) | {
             M.LB_SEEDS: ",".join(str(s) for s in sorted(fin[M.LB_SEED])),
             M.LB_ACC_MEAN: mean, M.LB_ACC_CI_LO: lo, M.LB_ACC_CI_HI: hi,
+            M.LB_GAIN_MEAN: (fin[M.LB_FINAL_ACC] - fin[M.LB_INITIAL_ACC]).mean(),
             M.LB_BEST_ACC_MEAN: fin[M.LB_BEST_ACC].mean(), M.LB_BUDGET_S: fin[M.LB_BUDGET_S].max(),
             M.LB_ACC_AT_BUDGET: fin[M.LB_ACC_AT_BUDGET].mean(), M.LB_UPDATE_S: fin[M.LB_UPDATE_S].median(),
             M.LB_STEP_S: fin[M.LB_STEP_S].median(),
@@ -243,45 +229,50 @@ def _diag_columns(fin: pd.DataFrame) -> dict:
 
 
 def paired_differences(runs_df: pd.DataFrame, baseline: str = REINFORCE, metric: str = M.LB_FINAL_ACC) -> pd.DataFrame:
-    """Per algorithm: mean and 95% CI of (algorithm - baseline) over finished runs paired by seed and lr."""
+    """The pooled comparison, per algorithm: mean and 95% CI of (algorithm - baseline) over finished runs
+    paired by (seed, lr), over every lr both ran (the seed-paired comparisons at chosen lrs are
+    isopo_bench.comparisons')."""
     rows = []
-    for key, g in _finished(runs_df).groupby(GROUP):
+    for key, g in _finished(with_default_optimizer(runs_df)).groupby(CELL):
         base = g[g[M.LB_ALGORITHM] == baseline].set_index([M.LB_SEED, M.LB_LR])[metric]
         for algo, a in g[g[M.LB_ALGORITHM] != baseline].groupby(M.LB_ALGORITHM):
             pairs = a.set_index([M.LB_SEED, M.LB_LR])[metric].to_frame("x").join(base.rename("b"), how="inner")
             diff = (pairs["x"] - pairs["b"]).dropna()
             mean, lo, hi = t_interval(diff)
-            rows.append(dict(zip(GROUP, key)) | {M.LB_ALGORITHM: algo, M.LB_BASELINE: baseline, M.LB_N_PAIRS: len(diff),
+            rows.append(dict(zip(CELL, key)) | {M.LB_ALGORITHM: algo, M.LB_BASELINE: baseline, M.LB_N_PAIRS: len(diff),
                                                  M.LB_DIFF_MEAN: mean, M.LB_DIFF_CI_LO: lo, M.LB_DIFF_CI_HI: hi})
     return pd.DataFrame(rows, columns=DIFF_COLUMNS)
 
 
 def leaderboard(runs_df: pd.DataFrame, baseline: str = REINFORCE, threshold: float | None = None) -> pd.DataFrame:
-    """One row per (suite, task, model, algorithm) (BOARD_COLUMNS). Accuracy, CI, equal-budget accuracy and
-    steps to threshold are at the algorithm's best learning rate (highest mean final accuracy); the
-    threshold defaults to default_threshold of the group."""
+    """One row per (suite, task, model, algorithm, optimizer) (BOARD_COLUMNS). Accuracy, CI, equal-budget
+    accuracy and steps to threshold are at the algorithm's best learning rate (highest mean final
+    accuracy); the threshold defaults to default_threshold of the cell. The seed-paired comparison
+    columns (ON_BOARD) are the `own best lr each` comparison against the baseline."""
+    require_single_start(runs_df, GROUP)  # runs from different starting weights are never compared (start_check)
     by_lr, runs = accuracy_vs_lr(runs_df), with_budget_accuracy(runs_df)
-    diffs = paired_differences(runs_df, baseline).set_index([*GROUP, M.LB_ALGORITHM])
+    diffs = paired_differences(runs_df, baseline).set_index([*CELL, M.LB_ALGORITHM])
+    seed_paired = board_comparisons(runs_df, baseline)
     rows = []
-    for key, group in runs.groupby(GROUP):
-        lr_rows = by_lr[(by_lr[GROUP] == pd.Series(key, index=GROUP)).all(axis=1)]
+    for key, cell in runs.groupby(CELL):
+        lr_rows = by_lr[(by_lr[CELL] == pd.Series(key, index=CELL)).all(axis=1)]
         best = lr_rows.groupby(M.LB_ALGORITHM)[M.LB_ACC_MEAN].max().max()
-        initial = _finished(group)[M.LB_INITIAL_ACC].median()
+        initial = _finished(cell)[M.LB_INITIAL_ACC].median()
         thr = threshold if threshold is not None else default_threshold(initial, best)
         # The update-time ratio is against the same baseline as the paired differences, in process CPU
         # time when every finished run logged it (what concurrent workers do not inflate), else wall time.
-        clock = _update_clock(group)
-        ref = _finished(group[group[M.LB_ALGORITHM] == baseline])[clock].median()
-        group_rows = []
-        for algo, g in group.groupby(M.LB_ALGORITHM):
+        clock = _update_clock(cell)
+        ref = _finished(cell[cell[M.LB_ALGORITHM] == baseline])[clock].median()
+        cell_rows = []
+        for algo, g in cell.groupby(M.LB_ALGORITHM):
             row = _algorithm_row(g, lr_rows[lr_rows[M.LB_ALGORITHM] == algo], thr, ref, clock)
             diff = diffs.loc[(*key, algo)].to_dict() if (*key, algo) in diffs.index else {M.LB_N_PAIRS: 0}
-            group_rows.append(dict(zip(GROUP, key)) | {M.LB_ALGORITHM: algo, M.LB_BASELINE: baseline} | row
-                              | {c: diff.get(c, math.nan) for c in (M.LB_DIFF_MEAN, M.LB_DIFF_CI_LO, M.LB_DIFF_CI_HI)}
-                              | {M.LB_N_PAIRS: int(diff[M.LB_N_PAIRS])})
-        rows += with_noise_check(group_rows, clock)
+            cell_rows.append(dict(zip(CELL, key)) | {M.LB_ALGORITHM: algo, M.LB_BASELINE: baseline} | row
+                             | {c: diff.get(c, math.nan) for c in (M.LB_DIFF_MEAN, M.LB_DIFF_CI_LO, M.LB_DIFF_CI_HI)}
+                             | {M.LB_N_PAIRS: int(diff[M.LB_N_PAIRS])} | seed_paired.get((*key, algo), {}))
+        rows += with_noise_check(cell_rows, clock)
     board = pd.DataFrame(rows, columns=BOARD_COLUMNS)
-    return board.sort_values([*GROUP, M.LB_ACC_MEAN], ascending=[True] * len(GROUP) + [False]).reset_index(drop=True)
+    return board.sort_values([*CELL, M.LB_ACC_MEAN], ascending=[True] * len(CELL) + [False]).reset_index(drop=True)
 
 
 def default_threshold(initial: float, best: float) -> float:
@@ -343,15 +334,17 @@ def _algorithm_row(g: pd.DataFrame, lr_rows: pd.DataFrame, threshold: float, bas
                for c in (M.LB_PASS_AT_K, M.LB_MEAN_AT_K)}  # mean over seeds at the best lr
     steps = [steps_to(c, threshold) for c in at_best[M.LB_EVAL_CURVE]]
     reached = [s for s in steps if not math.isnan(s)]
-    return row | {c: best[c] for c in (M.LB_SEEDS, M.LB_ACC_MEAN, M.LB_ACC_CI_LO, M.LB_ACC_CI_HI, M.LB_BEST_ACC_MEAN,
-                                         M.LB_BUDGET_S, M.LB_ACC_AT_BUDGET)} | {
+    return row | {c: best[c] for c in (M.LB_SEEDS, M.LB_ACC_MEAN, M.LB_ACC_CI_LO, M.LB_ACC_CI_HI, M.LB_GAIN_MEAN,
+                                         M.LB_BEST_ACC_MEAN, M.LB_BUDGET_S, M.LB_ACC_AT_BUDGET)} | {
         M.LB_BEST_LR: best[M.LB_LR], M.LB_STEPS_TO_THRESHOLD: float(np.mean(reached)) if reached else math.nan,
         M.LB_THRESHOLD_REACHED: f"{len(reached)}/{len(steps)}",
-    } | sampled
+    } | sampled | lr_robustness(lr_rows, best[M.LB_LR])
 
 
 # ------------------------------------------------------------------------------------------------
 def _cell(value) -> str:
+    if isinstance(value, (bool, np.bool_)):
+        return "yes" if value else "no"
     if isinstance(value, float):
         if math.isnan(value):
             return "-"
@@ -377,6 +370,8 @@ def main(argv: list[str]) -> int:
     p.add_argument("--baseline", default=REINFORCE, help="algorithm the paired differences are taken against")
     p.add_argument("--threshold", type=float, default=None,
                    help="accuracy for steps-to-threshold (default: half-way from the initial to the best final)")
+    p.add_argument("--start-hash", default="", help="keep the runs that started from these weights (a start_hash "
+                   "tag, its leading hex digits, or `unknown`); needed when a group mixes starting points")
     p.add_argument("--csv", default="", help="write the full leaderboard as CSV")
     p.add_argument("--markdown", default="", help="write the leaderboard and the per-LR table as Markdown")
     args = p.parse_args(argv)
@@ -387,14 +382,16 @@ def main(argv: list[str]) -> int:
     from isopo_bench.store_init import require_store
 
     uri = require_store(uri)  # a missing store is an error, never created empty
-    runs = load_runs(uri, args.experiment, args.suite)
+    runs = select_start_hash(load_runs(uri, args.experiment, args.suite), args.start_hash)
     board, by_lr = leaderboard(runs, args.baseline, args.threshold), accuracy_vs_lr(runs)
+    table = comparisons(runs, args.baseline)
     for suite, part in board.groupby(M.LB_SUITE):
-        print(f"\n## {suite or '(no suite)'}\n\n{to_markdown(part, DISPLAY_COLUMNS)}")
+        print(f"\n## {suite or '(no suite)'}\n\n{to_markdown(readable(part), DISPLAY_COLUMNS)}")
     print("\n## accuracy by learning rate\n\n" + to_markdown(by_lr, [M.LB_SUITE, *LR_DISPLAY_COLUMNS]))
+    print(f"\n{COMPARISONS_TITLE}\n\n" + to_markdown(table, [M.LB_SUITE, *COMPARISON_DISPLAY_COLUMNS]))
     if args.csv:
         board.to_csv(args.csv, index=False)
     if args.markdown:
         with open(args.markdown, "w") as fh:
-            fh.write(to_markdown(board) + "\n\n" + to_markdown(by_lr) + "\n")
+            fh.write("\n\n".join(to_markdown(t) for t in (board, by_lr, table)) + "\n")
     return 0

@@ -102,14 +102,19 @@ TAG_VERSION = "isopo_bench_version"
 TAG_SUITE = "suite"
 TAG_SCORER_VERSION = "scorer_version"
 TAG_LR = "lr"
+TAG_OPTIMIZER = "optimizer"  # optim.optimizer: adamw | sgd (runs from before the optimizer axis read adamw)
 TAG_MACHINE = "machine"
 TAG_STATUS_DETAIL = "status_detail"
-TAG_OPTIMIZER = "optimizer"
-"""The optimizer family of the run ("adamw" or "sgd"); runs logged before the tag existed used AdamW."""
-TAG_MODEL_DISPLAY = "model_display"
-"""A short readable name of the model (the model tag itself may be a warm-start cache path)."""
 TAG_START_HASH = "start_hash"
-"""Identity hash of the weights the run started from."""
+"""Content hash of the run's starting weights (`content:<hex>`; `hub:<id>` for a hub model; isopo_bench.start_point)."""
+TAG_MODEL_DISPLAY = "model_display"
+"""Readable name of the starting model, e.g. `tiny-qwen3 0.605M + warm start arithmetic(max_operand=9) [1a2b3c4d]`."""
+TAG_ITEMS_CORRECT = "eval_items_correct"
+"""Per-item greedy correctness of the latest evaluation, in evaluation order (isopo_bench.item_record)."""
+TAG_ITEMS_DIGEST = "eval_items_digest"
+"""Short hash of the evaluated items: runs are paired item by item only when it agrees."""
+TAG_ITEMS_STEP = "eval_items_step"
+"""Training step of the evaluation TAG_ITEMS_CORRECT records."""
 
 # Leaderboard columns (isopo_bench.leaderboard; the dashboard and the CSV/Markdown exports use these names).
 # Per run (load_runs):
@@ -123,13 +128,18 @@ LB_TASK = TAG_TASK
 LB_MODEL = TAG_MODEL
 LB_ALGORITHM = TAG_ALGORITHM
 LB_LR = TAG_LR
+LB_OPTIMIZER = TAG_OPTIMIZER
 LB_SEED = TAG_SEED
 LB_COMMIT = TAG_COMMIT
 LB_CONFIG_HASH = TAG_CONFIG_HASH
 LB_MACHINE = TAG_MACHINE
-LB_OPTIMIZER = TAG_OPTIMIZER
-LB_MODEL_DISPLAY = TAG_MODEL_DISPLAY
 LB_START_HASH = TAG_START_HASH
+"""`unknown` for runs recorded before the tag existed (isopo_bench.start_check)."""
+LB_MODEL_DISPLAY = TAG_MODEL_DISPLAY
+LB_ITEMS_CORRECT = TAG_ITEMS_CORRECT
+"""Per run: numpy uint8 array of the last evaluation's per-item correctness (empty when not recorded)."""
+LB_ITEMS_DIGEST = TAG_ITEMS_DIGEST
+LB_ITEMS_STEP = TAG_ITEMS_STEP
 LB_STEPS = "steps_done"
 LB_PLANNED_STEPS = "steps_planned"
 LB_FINAL_ACC = "final_accuracy"
@@ -170,10 +180,40 @@ LB_OVERHEAD_CLOCK = "update_time_clock"  # `process CPU` (every run in the group
 LB_OVERHEAD_NOISE = "update_time_noise"  # |ratio - 1| of the group's no-extra-work algorithm (gspo/cispo)
 LB_OVERHEAD_RELIABLE = "update_time_reliable"  # the noise check's verdict, in words
 LB_BASELINE = "baseline"
-LB_N_PAIRS = "n_pairs"
-LB_DIFF_MEAN = "diff_vs_baseline"
-LB_DIFF_CI_LO = "diff_ci95_lo"
-LB_DIFF_CI_HI = "diff_ci95_hi"
+LB_N_PAIRS = "n_pairs_pooled"
+"""Pooled comparison (leaderboard.paired_differences): runs paired by (seed, lr) over every lr both ran."""
+LB_DIFF_MEAN = "diff_pooled_seed_lr"
+LB_DIFF_CI_LO = "diff_pooled_ci95_lo"
+LB_DIFF_CI_HI = "diff_pooled_ci95_hi"
+LB_GAIN_MEAN = "gain_mean"
+"""Mean over finished seeds of final - initial accuracy."""
+LB_LR_WINDOW = "lr_window_decades"
+"""Width in decades of the lr window with gain >= 90% of the best gain (statistics.lr_window)."""
+LB_LR_WINDOW_LOWER = "lr_window_is_lower_bound"
+"""The window reaches the grid's edge (or a grid point without a result): the width is a lower bound."""
+LB_BEST_LR_AT_EDGE = "best_lr_at_edge"
+"""The best lr is the smallest or largest of the grid: the suite has not bracketed the optimum."""
+# Seed-paired comparisons (isopo_bench.comparisons): one algorithm vs the baseline in one
+# (suite, task, model, optimizer) cell, at a stated pair of learning rates.
+LB_LR_CHOICE = "lr_choice"
+"""`own best lr each` (each arm at its own best lr) or `baseline's best lr` (both at the baseline's)."""
+LB_BASELINE_LR = "baseline_lr"
+LB_N_SEEDS_PAIRED = "n_seeds_paired"
+LB_SEED_DIFF = "diff_seed_paired"
+"""Mean over paired seeds of (final accuracy - the baseline's final accuracy)."""
+LB_SEED_DIFF_SD = "diff_sd_over_seeds"
+LB_SEED_DIFF_T_LO = "diff_t95_lo"
+LB_SEED_DIFF_T_HI = "diff_t95_hi"
+LB_BOOT_LO = "diff_boot95_lo"
+"""Two-stage paired bootstrap over seeds x evaluation items, 2.5% percentile."""
+LB_BOOT_HI = "diff_boot95_hi"
+LB_N_ITEMS = "n_items"
+"""Evaluation items per seed the bootstrap resampled (0: no per-item record)."""
+LB_MDE = "mde_80"
+"""Minimum detectable difference at 80% power, two-sided alpha 0.05, from the sd over seeds."""
+LB_VERDICT = "verdict"
+LB_BOOT_NOTE = "bootstrap_note"
+"""Why the bootstrap was not computed (no per-item record, different evaluation items)."""
 LB_DIAG_KL = "median_kl_per_step"
 """Median over training steps of diag/kl_tok (per run; per (algorithm, lr): mean over seeds)."""
 LB_DIAG_COS = "median_cos_update_nat"

@@ -19,6 +19,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenize
 
 from isopo_bench.config import ModelConfig
 from isopo_bench.errors import ConfigError
+from isopo_bench.reproducible import reproducible_cpu
 
 log = logging.getLogger(__name__)
 
@@ -86,8 +87,7 @@ def tiny_model_dir(cfg: ModelConfig, seed: int) -> Path:
         return folder
     tokenizer = build_char_tokenizer()
     config = tiny_qwen3_config(cfg, len(tokenizer), tokenizer.eos_token_id, tokenizer.pad_token_id)
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
+    with reproducible_cpu(seed):  # the same initial weights whatever the caller's threads and generators
         model = Qwen3ForCausalLM(config)
     tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
     model.save_pretrained(tmp)

@@ -1,4 +1,5 @@
-"""AdamW with a warmup + constant/cosine/linear schedule over all optimizer steps of a run."""
+"""The optimizer (AdamW, or SGD with momentum) with a warmup + constant/cosine/linear schedule over all
+optimizer steps of a run."""
 
 from __future__ import annotations
 
@@ -28,6 +29,9 @@ def lr_factor(cfg: OptimConfig, opt_step: int) -> float:
 
 def build_optimizer(model: torch.nn.Module, cfg: OptimConfig):
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "sgd":
+        optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    else:
+        optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(cfg, s))
     return optimizer, scheduler

@@ -18,7 +18,9 @@ from isopo_bench import metric_names as M
 from isopo_bench.checkpoint import CHECKPOINT_DIR, read_trainer_state, verify_run_checkpoint
 from isopo_bench.config import RunConfig
 from isopo_bench.errors import IsopoBenchError
+from isopo_bench.models import model_source
 from isopo_bench.run_lock import is_main_rank
+from isopo_bench.start_point import start_tags
 from isopo_bench.store_init import ensure_store, sqlite_path
 from isopo_bench.tracking import RunTracker, check_reachable, flatten, git_commit, resolve_uri
 
@@ -101,16 +103,16 @@ class RunStore:
         self.tracker.set_tags({
             M.TAG_ALGORITHM: cfg.tracking.algorithm_label or cfg.algorithm.name,
             M.TAG_TASK: cfg.task.name,
-            M.TAG_MODEL: cfg.model.init_from or cfg.model.name_or_path,
             M.TAG_SEED: cfg.seed,
             M.TAG_LR: cfg.optim.lr,
+            M.TAG_OPTIMIZER: cfg.optim.optimizer,
             M.TAG_COMMIT: git_commit(),
             M.TAG_CONFIG_HASH: cfg.config_hash(),
             M.TAG_VERSION: __version__,
             M.TAG_SUITE: cfg.tracking.suite,
             M.TAG_SCORER_VERSION: f"{cfg.task.name}:{task.scorer_version}",
             M.TAG_MACHINE: machine_description(),
-        })
+        } | start_tags(cfg.model, model_source(cfg.model, seed=0)))  # the trainer's source: built before this
         self.tracker.log_dict(cfg.to_dict(), "config.json")
 
     def has_checkpoint(self) -> bool:

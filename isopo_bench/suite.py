@@ -24,7 +24,7 @@ from isopo_bench.config import RunConfig, replace
 from isopo_bench.errors import IsopoBenchError
 from isopo_bench.suite_backends import BACKENDS, check_backend, check_workers, run_backend
 from isopo_bench.suite_run import Outcome
-from isopo_bench.suites import SUITES, Suite, estimate_lines, get_suite, param_count
+from isopo_bench.suites import SUITES, Suite, estimate_lines, get_suite, param_count, power_lines
 
 log = logging.getLogger(__name__)
 GSM8K_ENV = "ISOPO_BENCH_GSM8K_DIR"
@@ -74,17 +74,15 @@ def warm_start_base(suite: Suite, train: bool = True) -> tuple[RunConfig, Path |
     """The suite's base with model.init_from set to its warm start; (base, None) when it has none, or when
     train=False and it is not cached yet. One warm start (seed 0) serves every seed of the suite, so
     seeds vary the RL run only. It uses the runs' thread count (1), not the idle workers' cores: its
-    cache key ignores threads, and its weights must not depend on --workers."""
+    weights must not depend on --workers."""
     if not suite.warm_start:
         return suite.base, None
-    from isopo_bench.models import cache_root
-    from isopo_bench.warmstart import from_run_config, warm_start
+    from isopo_bench.warmstart import find_warm_start, from_run_config, warm_start
 
-    ws_cfg = dataclasses.replace(from_run_config(replace(suite.base, seed=0)), threads=suite.base.threads)
-    folder = cache_root() / "warmstart" / ws_cfg.key()  # the cache layout of warmstart.warm_start
-    if train:
-        folder = warm_start(ws_cfg)
-    elif not (folder / "warmstart.json").exists():
+    ws_cfg = dataclasses.replace(from_run_config(replace(suite.base, seed=0)), threads=suite.base.threads,
+                                 **dict(suite.warm_start_settings))
+    folder = warm_start(ws_cfg) if train else find_warm_start(ws_cfg)  # shipped, cached, or (train) trained
+    if folder is None:
         return suite.base, None
     return replace(suite.base, **{"model.init_from": str(folder)}), folder
 
@@ -212,7 +210,8 @@ def print_report(suite: Suite, options: SuiteOptions, outcomes: list[Outcome], s
     by_lr, board = lb.accuracy_vs_lr(runs), lb.leaderboard(runs)
     print(f"\nAccuracy by learning rate ({suite.label})\n" + lb.to_markdown(by_lr, lb.LR_DISPLAY_COLUMNS))
     print(f"\nLeaderboard ({suite.label}; accuracy columns at each algorithm's best lr)\n"
-          + lb.to_markdown(board, lb.DISPLAY_COLUMNS))
+          + lb.to_markdown(lb.readable(board), lb.DISPLAY_COLUMNS))
+    print(f"\n{lb.COMPARISONS_TITLE}\n" + lb.to_markdown(lb.comparisons(runs, lb.REINFORCE), lb.COMPARISON_DISPLAY_COLUMNS))
     out = Path(options.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     board.to_csv(out / f"leaderboard-{suite.label}.csv", index=False)
@@ -299,15 +298,18 @@ def dry_run(suite: Suite, options: SuiteOptions) -> int:
             problems.append(str(exc))
     first = configs[0]
     model_line, params = _check_model(first)
+    grids = " + ".join(f"{len(a.lrs)} {a.optimizer} learning rates" for a in suite.optimizer_arms)
     print(f"suite {suite.label}: {suite.description}\n{len(configs)} runs = {len(suite.algorithms)} algorithms x "
-          f"{len(suite.lrs)} learning rates x {len(suite.seeds)} seeds")
+          f"({grids}) x {len(suite.seeds)} seeds")
     checks = [_check_data(first, problems), model_line, _engine_line(first)]
     if suite.warm_start:
-        checks.append(f"warm start: {'cached at ' + str(folder) if folder else 'not cached yet (trained first, once)'}")
+        found = f"found at {folder}" if folder else "not shipped or cached yet (trained first, once)"
+        checks.append(f"warm start: {found}")
     print("checks:\n" + "\n".join(f"  {line}" for line in checks))
     _print_plan(configs, options, suite.label)
     print(suite.budget)
     print("\n".join(estimate_lines(suite, configs, params)))
+    print("\n".join(power_lines(len(suite.seeds), first.task.eval_items)))
     for p in dict.fromkeys(problems):
         print(f"PROBLEM ({problems.count(p)} of {len(configs)} runs): {p}")
     print(f"run count: {len(configs)}; {'valid' if not problems else f'{len(set(problems))} problem(s)'}")

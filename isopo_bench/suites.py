@@ -45,6 +45,17 @@ class Estimate:
 
 
 @dataclass(frozen=True)
+class OptimizerArm:
+    """One optimizer of a suite with its own learning-rate grid (SGD's scale differs from AdamW's by orders
+    of magnitude, so one grid cannot bracket both)."""
+
+    optimizer: str
+    """optim.optimizer: adamw | sgd."""
+    lrs: tuple[float, ...]
+    """Learning rates tried with this optimizer; the best of each algorithm must lie inside the grid."""
+
+
+@dataclass(frozen=True)
 class Suite:
     name: str
     version: int
@@ -54,9 +65,15 @@ class Suite:
     """Algorithm preset names: any preset a registered algorithm declares (built-in or an entry-point
     plug-in's; isopo_bench.plugin_settings.algorithm_presets)."""
     lrs: tuple[float, ...]
+    """The learning-rate grid of the base config's optimizer (when `arms` is empty)."""
     seeds: tuple[int, ...]
+    arms: tuple[OptimizerArm, ...] = ()
+    """Optimizer axis: each arm runs every algorithm over its own lr grid; empty = one arm, the base
+    config's optimizer with `lrs`."""
     warm_start: bool = False
     """Start every run from the cached SFT warm start of the base model (isopo_bench.warmstart)."""
+    warm_start_settings: tuple[tuple[str, object], ...] = ()
+    """WarmStartConfig fields that differ from the defaults for this suite's warm start."""
     budget: str = ""
     """The arithmetic behind steps, batch and evaluation cadence."""
     estimate: Estimate | None = None
@@ -67,17 +84,24 @@ class Suite:
     def label(self) -> str:
         return f"{self.name}@v{self.version}"
 
+    @property
+    def optimizer_arms(self) -> tuple[OptimizerArm, ...]:
+        return self.arms or (OptimizerArm(self.base.optim.optimizer, self.lrs),)
+
     def configs(self, base: RunConfig | None = None) -> list[RunConfig]:
-        """One config per (seed, algorithm, lr), seed-major; `base` replaces the suite's base (e.g. with
-        the warm-start folder or local tracking settings filled in)."""
+        """One config per (seed, optimizer, algorithm, lr), seed-major; `base` replaces the suite's base
+        (e.g. with the warm-start folder or local tracking settings filled in)."""
         base = replace(base or self.base, **{"tracking.suite": self.label})
+        named_optimizer = len(self.optimizer_arms) > 1 or self.optimizer_arms[0].optimizer != "adamw"
         out = []
         for seed in self.seeds:
-            for algo in self.algorithms:
-                for lr in self.lrs:
-                    run_name = f"{algo}-lr{lr:g}-s{seed}"
-                    out.append(replace(base, algorithm=algorithm_preset(algo), seed=seed,
-                                       **{"optim.lr": lr, "tracking.run_name": run_name, "tracking.algorithm_label": algo}))
+            for arm in self.optimizer_arms:
+                for algo in self.algorithms:
+                    for lr in arm.lrs:
+                        run_name = f"{algo}-{arm.optimizer}-lr{lr:g}-s{seed}" if named_optimizer else f"{algo}-lr{lr:g}-s{seed}"
+                        out.append(replace(base, algorithm=algorithm_preset(algo), seed=seed, **{
+                            "optim.optimizer": arm.optimizer, "optim.lr": lr, "tracking.run_name": run_name,
+                            "tracking.algorithm_label": algo}))
         return out
 
 
@@ -96,39 +120,71 @@ def _smoke() -> Suite:
     )
 
 
-QUICK_BUDGET = """\
-Budget: 15 minutes of wall clock on a quiet 2-core CPU, warm start included (1800 core-seconds).
-Task: 3-term single-digit arithmetic (num_terms=3, max_operand=9, ops +-). The 0.66M-parameter tiny Qwen3
-reaches the warm start's target (sampled accuracy >= 0.25) in ~150-330 SFT steps (~70 s); with 2-digit
-operands it needed > 1300 steps (3 terms: > 2000), which alone would take the whole budget. The held-out
-partition of this task has ~500 questions, so the 512 evaluation items hold ~340 distinct questions.
-Completions are <= 24 characters: max_new_tokens = 32 only trims runaway samples.
+CPU_TIER_WARM_START = (("direct_answer_fraction", 0.6),)
+"""The CPU tier's warm start (shipped: isopo_bench/warm_starts/): SFT on 3-term single-digit arithmetic where
+60% of the targets (by a hash of the question) are the bare answer line and 40% the worked solution."""
+CPU_TIER_DESIGN = """\
+Tier (quick@v3 and cpu@v1 share it): the 0.66M-parameter tiny Qwen3 on 3-term single-digit arithmetic
+(num_terms=3, max_operand=9, ops +-), warm-started by SFT in which 60% of the targets answer directly
+("#### 11") and 40% show the working; SFT stops when sampled held-out accuracy reaches 0.25 (250 steps).
+The warm start answers directly under greedy decoding, close but often off by one, and shows its work in
+some samples. Why this tier (measured 2026-12-02, one seed each, REINFORCE, AdamW, 20-30 steps, greedy
+accuracy on 512 held-out items): the v2 warm start (worked solutions only) gained 0.342 -> 0.35-0.39 at lr
+1e-5..3e-5 and collapsed at 1e-4 and above (SGD: 1e-3 and 3e-3 gained as little, 3e-2 collapsed in 10
+steps); a warm start stopped earlier (sampled 0.10, greedy 0.17) gained nothing in 20 steps; this one gained
+0.375 -> 0.461 (step 10) -> 0.428 (step 20) at 3e-5 and fell at 1e-4: the most headroom of the three.
+The held-out partition has ~500 questions, so the 512 evaluation items hold ~340 distinct questions.
 Two minibatches per step (as the paper's run): with one, GRPO and CISPO are on-policy with ratio 1 and
-reproduce REINFORCE exactly (measured: identical accuracies), which would spend 18 of 45 runs on copies.
-Measured (v1 at 24 steps, 2 workers, shared machine at load ~2.3): 1759 core-seconds in total, 20.4 min wall.
-Median seconds per step: REINFORCE 0.88 (update 0.50), GRPO 1.10, CISPO 1.20, ISOPO 1.58 (update 1.17),
-ISOPO interacting 1.15 (update 0.81); a greedy evaluation of 512 items ~2.6 s (generation batch 256).
-At 20 steps (evaluations at 0, 10, 20): ~32 core-s per run x 45 = ~1430, on 2 workers ~715 s, + warm start
-(one thread, ~70 s) and start-up (~20 s) = ~13.5 minutes on a quiet machine.
-Grid: 5 algorithms x 3 learning rates (2e-5, 6e-5, 1.8e-4: 9x apart; with two minibatches REINFORCE improves
-at 2e-5, holds at 6e-5 and collapses at 1.8e-4) x 3 seeds (the minimum for a t-interval) = 45 runs."""
+reproduce REINFORCE exactly. Completions are <= 24 characters: max_new_tokens = 32 only trims runaways.
+Cost (v2 at 20 steps, evaluations at 0, 10, 20 of 512 items): ~32 core-s per run."""
+
+QUICK_BUDGET = CPU_TIER_DESIGN + """
+Budget: 15 minutes of wall clock on a quiet 2-core CPU (the warm start is shipped, not trained).
+Grid: 5 algorithms x 3 AdamW learning rates (1.2e-5, 3e-5, 7.5e-5: 2.5x apart around the measured best
+3e-5) x 3 seeds (the minimum for a t-interval) = 45 runs, ~45 x 32 / 2 workers = ~12 minutes."""
 
 
-def _quick() -> Suite:
-    base = replace(
+def cpu_tier_base(steps: int = 20) -> RunConfig:
+    """The CPU tier's run shape shared by quick and cpu (the warm start is the suite's)."""
+    return replace(
         run_preset("cpu-tier"),
         task=TaskConfig(name="arithmetic", settings=ArithmeticSettings(num_terms=3, max_operand=9), eval_items=512),
         rollout=RolloutConfig(prompts_per_step=8, samples_per_prompt=8, max_new_tokens=32, generation_batch_size=256),
-        optim=OptimConfig(steps=20, lr=1e-4, microbatch_size=8, minibatches_per_step=2),
+        optim=OptimConfig(steps=steps, lr=3e-5, microbatch_size=8, minibatches_per_step=2),
         eval=EvalConfig(every=10, at_start=True),
         tracking=TrackingConfig(checkpoint_every=10),
         threads=1,
     )
+
+
+def _quick() -> Suite:
     return Suite(
-        name="quick", version=2, base=base, algorithms=FIVE_ALGORITHMS, lrs=(2e-5, 6e-5, 1.8e-4),
-        seeds=(0, 1, 2), warm_start=True, budget=QUICK_BUDGET,
-        description="The CPU tier: warm-started tiny Qwen3 on 3-term single-digit arithmetic, 5 algorithms x "
-                    "3 learning rates x 3 seeds.",
+        name="quick", version=3, base=cpu_tier_base(), algorithms=FIVE_ALGORITHMS, lrs=(1.2e-5, 3e-5, 7.5e-5),
+        seeds=(0, 1, 2), warm_start=True, warm_start_settings=CPU_TIER_WARM_START, budget=QUICK_BUDGET,
+        description="The CPU tier in 15 minutes: warm-started tiny Qwen3 on 3-term single-digit arithmetic, 5 "
+                    "algorithms x 3 learning rates x 3 seeds.",
+    )
+
+
+SEVEN_ALGORITHMS = (*FIVE_ALGORITHMS, "dapo", "drgrpo")
+CPU_BUDGET = CPU_TIER_DESIGN + """
+Budget: 90 minutes of wall clock on 2 cores, resumable (rerun the command to continue).
+Grid: the five paper algorithms + GRPO's DAPO (clip-higher 0.28) and Dr.GRPO (token-sum / (B L_max)) settings
+= 7 algorithms, x 2 optimizers with their own lr grids (AdamW 1.2e-5, 3e-5, 7.5e-5; SGD with momentum 0.9
+1.5e-3, 4e-3, 1e-2, around the measured REINFORCE range: SGD 1e-3 and 3e-3 gained like AdamW 1e-5, 3e-2
+collapsed), x 5 seeds = 210 runs, ~210 x 32 / 2 workers = ~56 minutes on a quiet machine.
+Power: with 5 seeds the minimum detectable paired difference (80% power, two-sided 5%) is
+(t_0.975,4 + t_0.8,4) / sqrt(5) = 1.66 x the seed-to-seed sd of the difference; the leaderboard prints it
+for every comparison from the measured sd."""
+
+
+def _cpu() -> Suite:
+    return Suite(
+        name="cpu", version=1, base=cpu_tier_base(), algorithms=SEVEN_ALGORITHMS, lrs=(),
+        arms=(OptimizerArm("adamw", (1.2e-5, 3e-5, 7.5e-5)), OptimizerArm("sgd", (1.5e-3, 4e-3, 1e-2))),
+        seeds=(0, 1, 2, 3, 4), warm_start=True, warm_start_settings=CPU_TIER_WARM_START, budget=CPU_BUDGET,
+        description="The CPU tier with power: 7 algorithms x (AdamW, SGD with momentum) x 3 learning rates each x "
+                    "5 seeds, on the quick suite's task and warm start.",
     )
 
 
@@ -185,12 +241,14 @@ def _paper() -> Suite:
     )
 
 
+# quick@v3 (2026-12-02): the CPU tier's warm start answers directly in 60% of its SFT targets (more headroom), a
+# shipped warm start and an lr grid around the measured best. cpu@v1: the same tier with an optimizer axis.
 # Version 2 of every suite (2026-12-01): plug-ins own their settings, so a config hash now covers only the
 # chosen algorithm's and task's settings and names a model folder by its content hash; version-1 runs
 # have other hashes and are not resumed into version-2 suites.
 SUITES: Registry = Registry("suite", "isopo_bench.suites")
 """Suite factories by name; third-party packages add theirs through the `isopo_bench.suites` entry points."""
-for _name, _factory in {"smoke": _smoke, "quick": _quick, "smollm2": _smollm2, "paper": _paper}.items():
+for _name, _factory in {"smoke": _smoke, "quick": _quick, "cpu": _cpu, "smollm2": _smollm2, "paper": _paper}.items():
     SUITES.register(_name)(_factory)
 
 
@@ -242,6 +300,31 @@ def param_count(c) -> float:
     kv = getattr(c, "num_key_value_heads", None) or c.num_attention_heads
     attn = 2 * c.hidden_size * head * c.num_attention_heads + 2 * c.hidden_size * head * kv
     return float(c.num_hidden_layers * (attn + 3 * c.hidden_size * c.intermediate_size) + c.vocab_size * c.hidden_size)
+
+
+DISCORDANT_FRACTIONS = (0.1, 0.2, 0.3)
+"""Plausible fractions of items exactly one of two compared models solves (at accuracy ~0.7, models that
+erred independently would disagree on 2 x 0.7 x 0.3 = 0.42; models trained from one start disagree on fewer)."""
+
+
+def power_lines(n_seeds: int, n_items: int) -> list[str]:
+    """What a suite can resolve before any run exists: the item-noise MDE (statistics.item_noise_mde) for
+    plausible discordant fractions, and the t-test's factor on the (unknown) seed sd."""
+    from isopo_bench.statistics import item_noise_mde, t_quantile
+
+    mdes = ", ".join(f"q = {q:.1f}: {item_noise_mde(n_items, q, n_seeds):.3f}" for q in DISCORDANT_FRACTIONS)
+    lines = [f"power (80%, two-sided alpha 0.05), from evaluation-item noise alone: two algorithms paired on the same "
+             f"{n_items} items per seed x {n_seeds} seed(s)",
+             "  (items independent: sd of the mean difference <= sqrt(q / (seeds x items)), q = fraction of items exactly "
+             "one of the two solves)",
+             f"  minimum detectable difference in accuracy: {mdes}",
+             "  (normal approximation; at accuracy ~0.7, independent errors would give q = 0.42)",
+             "  seed-to-seed variance is NOT included: it adds to these, and is what a comparison over seeds must beat"]
+    if n_seeds == 1:
+        return lines + ["  with 1 seed it cannot be estimated: a single-seed difference above these may still be seed noise"]
+    factor = (t_quantile(0.975, n_seeds - 1) + t_quantile(0.8, n_seeds - 1)) / n_seeds ** 0.5
+    return lines + [f"  over {n_seeds} seeds the paired t-test detects (t_0.975 + t_0.8) / sqrt(n) = {factor:.2f} x the seed "
+                    "sd of the paired difference (the leaderboard's mde_80, once runs exist)"]
 
 
 def estimate_lines(suite: Suite, configs: list[RunConfig], params: float | None) -> list[str]:

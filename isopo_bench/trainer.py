@@ -34,6 +34,7 @@ from isopo_bench.distributed import (
 from isopo_bench.errors import NonFiniteError
 from isopo_bench.evaluation import evaluate
 from isopo_bench.finite_guard import check_finite_state
+from isopo_bench.item_record import item_tags
 from isopo_bench.models import encode_prompt, load_policy, load_tokenizer, model_source, resolve_device
 from isopo_bench.optim import build_optimizer
 from isopo_bench.parallel_run import RankContext, checksum_spread
@@ -386,6 +387,7 @@ class Trainer:
         self.state["best_accuracy"] = accuracy if best is None else max(best, accuracy)
         self.state["last_accuracy"] = accuracy
         self.store.tracker.log_dict(result.samples, f"samples/eval_step_{step:05d}.json")
+        self.store.tracker.set_tags(item_tags(result.items_correct, self.eval_items, step))  # the latest one stays
         if step == 0:
             self.store.tracker.log_metrics(result.metrics, 0)
         return result.metrics

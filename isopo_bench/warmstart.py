@@ -14,7 +14,16 @@ lr 1e-3, batch 64 reached sampled 0.27 / greedy 0.41 at step 1300 (30 min); lr 3
 SFT items come from a seed stream disjoint from the RL runs' (seed + SFT_SEED_OFFSET) and the held-out
 items are training-split items at indices no SFT step reaches, so the RL test split is never looked at.
 
-The result is cached under cache_root()/warmstart/<config hash>/ (model, tokenizer, warmstart.json).
+Reproducible: training runs inside isopo_bench.reproducible.reproducible_cpu (one torch thread unless
+`threads` says otherwise, deterministic algorithms, every generator seeded from `seed`, the caller's
+settings restored after), so on one machine the same config trains the same bits whatever the caller's
+thread count. Another machine may round differently; for the same bits everywhere, a warm start is shipped
+with the package (isopo_bench.shipped_warm_starts) and used before any cache or training.
+
+Where a warm start comes from, first match wins: the shipped folder isopo_bench/warm_starts/<key>/ (read
+in place, its manifest verified), the cache cache_root()/warmstart/<key>/ (model, tokenizer,
+warmstart.json), or a new training written to that cache. `isopo-bench warmstart --export` copies the
+result into the shipped folder.
 """
 
 from __future__ import annotations
@@ -35,7 +44,9 @@ from isopo_bench.config import ModelConfig, RunConfig, TaskConfig
 from isopo_bench.errors import ConfigError
 from isopo_bench.models import cache_root, encode_prompt, load_policy, load_tokenizer, model_source
 from isopo_bench.plugins import ENGINES, TASKS
+from isopo_bench.reproducible import reproducible_cpu
 from isopo_bench.rollout.api import SamplingSettings
+from isopo_bench.shipped_warm_starts import SHIPPED_ROOT, export, shipped_folder
 
 log = logging.getLogger(__name__)
 SFT_SEED_OFFSET = 1_000_003
@@ -71,12 +82,23 @@ class WarmStartConfig:
     """Held-out items per evaluation (sampled once each at temperature 1)."""
     max_new_tokens: int = 40
     """Completion budget for the evaluation samples."""
-    threads: int = 0
-    """torch CPU threads; 0 = torch's default."""
+    threads: int = 1
+    """torch CPU threads of the SFT (the caller's count is restored after; 0 = 1). One thread trains the same
+    bits whatever the caller's setting; another count can round differently, so it enters the cache key."""
+    direct_answer_fraction: float = 0.0
+    """Fraction of SFT targets written as the bare answer line ("#### 50") instead of the worked solution,
+    chosen per question by a hash. The warm start then knows two behaviours, showing its work (mostly right)
+    and answering directly (mostly wrong for a model this small), and picks between them at its first
+    token: reward can teach it which to prefer, the kind of gain RL gives a pretrained model (reasoning
+    style, format) rather than a new skill."""
 
     def key(self) -> str:
         d = dataclasses.asdict(self) | {"version": VERSION}
-        d.pop("threads")
+        threads = d.pop("threads")
+        if threads not in (0, 1):  # one thread (the suites' setting) keeps the keys made before threads counted
+            d["threads"] = threads
+        if not d["direct_answer_fraction"]:
+            d.pop("direct_answer_fraction")  # keys of warm starts from before the field existed stay valid
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -88,24 +110,36 @@ def from_run_config(run: RunConfig) -> WarmStartConfig:
 
 
 def warm_start(cfg: WarmStartConfig | RunConfig) -> Path:
-    """Folder of the warm-started model, trained once per config and cached."""
+    """Folder of the warm-started model: the shipped one for this key, else the cached one, else trained
+    once (reproducibly) and cached."""
     cfg = from_run_config(cfg) if isinstance(cfg, RunConfig) else cfg
-    for name in ("max_steps", "batch_size", "eval_every", "eval_every_fine", "eval_items", "max_new_tokens"):
-        if getattr(cfg, name) < 1:
-            raise ConfigError(name, f"must be >= 1, got {getattr(cfg, name)}", "use a positive value")
+    found = find_warm_start(cfg)
+    if found is not None:
+        return found
     folder = cache_root() / "warmstart" / cfg.key()
-    if (folder / "warmstart.json").exists():
-        return folder
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
     tmp = folder.with_name(f"{folder.name}.tmp{os.getpid()}")
-    report = _train(cfg, tmp)
+    with reproducible_cpu(cfg.seed, max(cfg.threads, 1)):
+        report = _train(cfg, tmp)
     (tmp / "warmstart.json").write_text(json.dumps(report, indent=1))
     if folder.exists():  # another process finished first: keep its result
         shutil.rmtree(tmp)
     else:
         tmp.replace(folder)
     return folder
+
+
+def find_warm_start(cfg: WarmStartConfig) -> Path | None:
+    """The shipped (manifest verified) or cached folder of this warm start; None when it would be trained."""
+    for name in ("max_steps", "batch_size", "eval_every", "eval_every_fine", "eval_items", "max_new_tokens"):
+        if getattr(cfg, name) < 1:
+            raise ConfigError(name, f"must be >= 1, got {getattr(cfg, name)}", "use a positive value")
+    if cfg.threads < 0:
+        raise ConfigError("threads", f"must be >= 0, got {cfg.threads}", "use 1 (reproducible) or a thread count")
+    shipped = shipped_folder(cfg.key())
+    if shipped is not None:
+        return shipped
+    folder = cache_root() / "warmstart" / cfg.key()
+    return folder if (folder / "warmstart.json").exists() else None
 
 
 def _train(cfg: WarmStartConfig, out: Path) -> dict:
@@ -120,7 +154,7 @@ def _train(cfg: WarmStartConfig, out: Path) -> dict:
     tokenizer.save_pretrained(out)
     report["greedy_accuracy"] = sampled_accuracy(model, tokenizer, task, held_out, cfg.max_new_tokens, 0, 0.0)
     report |= {"seconds": round(time.perf_counter() - start, 1), "torch_threads": torch.get_num_threads()}
-    return report | {"config": dataclasses.asdict(cfg)}
+    return report | {"key": cfg.key(), "config": dataclasses.asdict(cfg)}
 
 
 def _sft_until_band(cfg: WarmStartConfig, model, tokenizer, task, held_out) -> dict:
@@ -129,7 +163,8 @@ def _sft_until_band(cfg: WarmStartConfig, model, tokenizer, task, held_out) -> d
     history, accuracy, next_eval, losses = [], 0.0, cfg.eval_every, []
     torch.manual_seed(cfg.seed)
     for step in range(1, cfg.max_steps + 1):
-        losses.append(sft_step(model, tokenizer, task, task.train_items(step - 1, cfg.batch_size), optimizer))
+        items = [sft_target(item, cfg.direct_answer_fraction) for item in task.train_items(step - 1, cfg.batch_size)]
+        losses.append(sft_step(model, tokenizer, task, items, optimizer))
         schedule.step()
         if step < next_eval and step < cfg.max_steps:
             continue
@@ -145,6 +180,17 @@ def _sft_until_band(cfg: WarmStartConfig, model, tokenizer, task, held_out) -> d
     in_band = cfg.target_low <= accuracy <= cfg.target_high
     return {"sampled_accuracy": accuracy, "in_band": in_band, "steps": len(losses), "initial_loss": losses[0],
             "history": history}
+
+
+def sft_target(item, direct_answer_fraction: float):
+    """The item with its SFT target: the worked solution, or for a hashed `direct_answer_fraction` of the
+    questions only its last line (the answer)."""
+    if direct_answer_fraction <= 0:
+        return item
+    digest = int.from_bytes(hashlib.sha256(("direct:" + item.question).encode()).digest()[:4], "big")
+    if digest / 2**32 >= direct_answer_fraction:
+        return item
+    return dataclasses.replace(item, solution=item.solution.strip().splitlines()[-1])
 
 
 def sft_batch(tokenizer, prompts: list[str], completions: list[str]) -> dict[str, torch.Tensor]:
@@ -189,15 +235,26 @@ def sampled_accuracy(model, tokenizer, task, items, max_new_tokens: int, seed: i
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`isopo-bench warmstart [--flags]`: train (or find cached) and print the folder and its accuracy."""
+    """`isopo-bench warmstart [--flags] [--export [--export-dir DIR]]`: train (or find) and print the folder
+    and its accuracy; with --export, also copy it (with its manifest) into the shipped warm starts."""
+    import argparse
+    import sys
+
     from isopo_bench.cli_config import parse_config
 
-    cfg = parse_config(WarmStartConfig, WarmStartConfig(), argv, prog="isopo-bench warmstart",
-                       description=__doc__.split("\n")[0])
+    shipping = argparse.ArgumentParser(add_help=False)
+    shipping.add_argument("--export", action="store_true")
+    shipping.add_argument("--export-dir", default=str(SHIPPED_ROOT))
+    ship, rest = shipping.parse_known_args(sys.argv[1:] if argv is None else argv)
+    description = (__doc__.split("\n")[0] + f" --export [--export-dir DIR] also copies the result into DIR/<key>/ "
+                   f"with a SHA256 manifest (default DIR: the package's shipped warm starts, {SHIPPED_ROOT}).")
+    cfg = parse_config(WarmStartConfig, WarmStartConfig(), rest, prog="isopo-bench warmstart", description=description)
     folder = warm_start(cfg)
     report = json.loads((folder / "warmstart.json").read_text())
     print(
         f"{folder}\nsampled accuracy {report['sampled_accuracy']:.3f}, greedy {report['greedy_accuracy']:.3f}, "
         f"{report['steps']} steps, {report['seconds']} s; use --model.init_from {folder}"
     )
+    if ship.export:
+        print(f"exported to {export(folder, Path(ship.export_dir))}")
     return 0

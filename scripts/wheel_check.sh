@@ -15,6 +15,12 @@ SITE="$("$PY" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
 # setuptools >= 70.1 builds wheels itself (older ones need the `wheel` package for bdist_wheel).
 "$PY" -m pip install -q "setuptools>=70.1"
 "$PY" -m pip wheel -q --no-deps --no-build-isolation -w "$WORK/dist" "$ROOT"
+"$PY" - "$WORK"/dist/isopo_bench-*.whl <<'PY'
+import sys, zipfile
+names = zipfile.ZipFile(sys.argv[1]).namelist()
+assert "isopo_bench/warm_starts/README.md" in names, "the shipped warm starts folder is missing from the wheel"
+print("wheel ships warm starts:", sorted(n.split("/")[2] for n in names if n.count("/") == 3 and "/warm_starts/" in n))
+PY
 python3 -m venv "$WORK/venv"
 FRESH_SITE="$("$WORK/venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
 echo "$SITE" > "$FRESH_SITE/isopo_deps.pth"

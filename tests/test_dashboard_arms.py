@@ -60,9 +60,11 @@ def test_readable_model_names():
     assert _arms.short_model_name("tiny") == "tiny"
     runs = runs_frame([{M.LB_MODEL: "/a/warm/x1", M.LB_MODEL_DISPLAY: ""},
                        {M.LB_MODEL: "/a/warm/x1", M.LB_MODEL_DISPLAY: "qwen3-sft"},
-                       {M.LB_MODEL: "/a/warm/y2", M.LB_MODEL_DISPLAY: ""}])
-    assert _arms.model_names(runs) == {"/a/warm/x1": "qwen3-sft", "/a/warm/y2": "y2"}
-    assert _arms.model_names(runs.drop(columns=M.LB_MODEL_DISPLAY)) == {"/a/warm/x1": "x1", "/a/warm/y2": "y2"}
+                       {M.LB_MODEL: "/a/warm/y2", M.LB_MODEL_DISPLAY: ""},
+                       {M.LB_MODEL: "/a/warm/z3", M.LB_MODEL_DISPLAY: "/a/warm/z3"}])  # load_runs' fill-in
+    assert _arms.model_names(runs) == {"/a/warm/x1": "qwen3-sft", "/a/warm/y2": "y2", "/a/warm/z3": "z3"}
+    assert _arms.model_names(runs.drop(columns=M.LB_MODEL_DISPLAY)) == {"/a/warm/x1": "x1", "/a/warm/y2": "y2",
+                                                                        "/a/warm/z3": "z3"}
 
 
 # ------------------------------------------------------------------------------------------------

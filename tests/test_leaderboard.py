@@ -9,6 +9,7 @@ import statistics
 import subprocess
 import sys
 
+import numpy as np
 import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
@@ -19,6 +20,7 @@ from isopo_bench import metric_names as M
 from isopo_bench.config import replace
 from isopo_bench.errors import NonFiniteError
 from isopo_bench.plugins import TASKS
+from isopo_bench.statistics import t_quantile
 from isopo_bench.trainer import Trainer, train
 
 Arithmetic = TASKS.get("arithmetic")
@@ -186,7 +188,8 @@ def test_leaderboard_cli_exports_csv_and_markdown(store, tmp_path, capsys):
     assert exported[M.LB_ALGORITHM].tolist() == board[M.LB_ALGORITHM].tolist()
     assert exported[M.LB_ACC_MEAN].tolist() == pytest.approx(board[M.LB_ACC_MEAN].tolist())
     lines = md.read_text().splitlines()
-    assert sum(line.startswith("| lb-test@v1 |") for line in lines) == 2 + 5  # 2 algorithms, 5 (algorithm, lr) rows
+    # 2 algorithms, 5 (algorithm, lr) rows, 2 comparisons with the baseline (grpo at each lr choice)
+    assert sum(line.startswith("| lb-test@v1 |") for line in lines) == 2 + 5 + 2
     assert M.LB_CONFIG_HASHES in lines[0]
     assert "lb-test@v1" in capsys.readouterr().out
 
@@ -255,10 +258,179 @@ def test_aggregates_on_a_hand_made_table():
 @pytest.mark.parametrize("df,expected", [(1, 12.706205), (2, 4.302653), (10, 2.228139), (30, 2.042272),
                                          (40, 2.021075), (60, 2.000298), (120, 1.979930)])
 def test_t_quantiles(df, expected):
-    assert lb.t975(df) == pytest.approx(expected, abs=2e-6)
+    """Table values of t_{0.975, df} (the hand table this replaced) against scipy's quantile."""
+    assert t_quantile(0.975, df) == pytest.approx(expected, abs=2e-6)
 
 
 def test_markdown_table():
     df = pd.DataFrame({"a": ["x|y", "/very/long/cache/path/warmstart/0123456789ab"], "b": [0.5, math.nan], "c": [3, 4]})
     assert lb.to_markdown(df).splitlines() == [
         "| a | b | c |", "|---|---|---|", "| x\\|y | 0.500 | 3 |", "| .../warmstart/0123456789ab | - | 4 |"]
+
+
+# ------------------------------------------------------------------------------------------------
+# Per-item records, seed-paired comparisons, the lr window and the optimizer axis.
+def test_per_item_results_are_recorded_for_the_final_evaluation(store):
+    """Every finished run carries the final evaluation's 16 items: their mean is its final accuracy, and
+    the runs of one seed evaluated the same items (one digest). All ran AdamW."""
+    runs = lb.load_runs(store, suite="lb-test@v1")
+    fin = runs[runs[M.LB_STATUS] == "FINISHED"]
+    for _, run in fin.iterrows():
+        assert len(run[M.LB_ITEMS_CORRECT]) == 16 and run[M.LB_ITEMS_STEP] == run[M.LB_STEPS] == 2
+        assert run[M.LB_ITEMS_CORRECT].mean() == pytest.approx(run[M.LB_FINAL_ACC])
+    assert (fin.groupby(M.LB_SEED)[M.LB_ITEMS_DIGEST].nunique() == 1).all()
+    assert (runs[M.LB_OPTIMIZER] == "adamw").all()
+
+
+@pytest.fixture(scope="module")
+def paired_store(tmp_path_factory):
+    """reinforce and grpo, seed 0, logging every evaluation item with its reward (the order reference)."""
+    root = tmp_path_factory.mktemp("paired")
+    for algo in ALGOS:
+        train(replace(run_config(root, algo, 1e-3, 0), **{"tracking.log_samples": 16, "tracking.suite": "pair@v1"}))
+    return root / "mlflow.db"
+
+
+def copy_of(db, tmp_path) -> tuple[str, MlflowClient]:
+    """A private copy of a store, to change its tags without touching the shared one."""
+    import shutil
+
+    shutil.copy(db, tmp_path / "mlflow.db")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    return uri, MlflowClient(uri)
+
+
+def test_item_record_round_trips_in_evaluation_order(paired_store, tmp_path):
+    import json
+    from pathlib import Path
+
+    uri, client = copy_of(paired_store, tmp_path)
+    runs = lb.load_runs(uri, suite="pair@v1")
+    for _, run in runs.iterrows():
+        logged = client.download_artifacts(run[M.LB_RUN_ID], "samples/eval_step_00002.json", str(tmp_path))
+        rewards = [s["reward"] for s in json.loads(Path(logged).read_text())]
+        assert run[M.LB_ITEMS_CORRECT].tolist() == [int(r >= 0.5) for r in rewards] and len(rewards) == 16
+    table = lb.comparisons(runs, "reinforce")
+    assert table[M.LB_N_ITEMS].tolist() == [16, 16] and table[M.LB_BOOT_NOTE].tolist() == ["", ""]
+
+
+def test_hex_packed_record_round_trips_through_sqlite(paired_store, tmp_path):
+    from isopo_bench.item_record import MAX_ITEMS, TAG_VALUE_LIMIT, encode_correct
+
+    uri, client = copy_of(paired_store, tmp_path)
+    run_id = lb.load_runs(uri, suite="pair@v1")[M.LB_RUN_ID].iloc[0]
+    correct = [(i * 7) % 3 == 0 for i in range(MAX_ITEMS)]
+    value = encode_correct([int(c) for c in correct])
+    assert len(value) <= TAG_VALUE_LIMIT
+    client.set_tag(run_id, M.TAG_ITEMS_CORRECT, value)
+    runs = lb.load_runs(uri, suite="pair@v1").set_index(M.LB_RUN_ID)
+    assert runs.loc[run_id, M.LB_ITEMS_CORRECT].tolist() == [int(c) for c in correct]
+
+
+def test_pairing_refuses_runs_that_evaluated_different_items(paired_store, tmp_path):
+    uri, client = copy_of(paired_store, tmp_path)
+    runs = lb.load_runs(uri, suite="pair@v1")
+    grpo = runs[runs[M.LB_ALGORITHM] == "grpo"][M.LB_RUN_ID].iloc[0]
+    client.set_tag(grpo, M.TAG_ITEMS_DIGEST, "0" * 16)
+    table = lb.comparisons(lb.load_runs(uri, suite="pair@v1"), "reinforce")
+    assert table[M.LB_BOOT_NOTE].str.startswith("refused: seed 0 evaluated different items").all()
+    assert table[M.LB_BOOT_LO].isna().all() and table[M.LB_N_SEEDS_PAIRED].tolist() == [1, 1]
+
+
+def test_optimizer_tag_splits_the_cells(paired_store, tmp_path):
+    """An sgd run is its own board row and never pairs with an adamw baseline; a run without the tag
+    (recorded before it existed) reads adamw."""
+    uri, client = copy_of(paired_store, tmp_path)
+    runs = lb.load_runs(uri, suite="pair@v1").set_index(M.LB_ALGORITHM)
+    client.set_tag(runs.loc["grpo", M.LB_RUN_ID], M.TAG_OPTIMIZER, "sgd")
+    client.delete_tag(runs.loc["reinforce", M.LB_RUN_ID], M.TAG_OPTIMIZER)
+    runs = lb.load_runs(uri, suite="pair@v1")
+    board = lb.leaderboard(runs).set_index([M.LB_ALGORITHM, M.LB_OPTIMIZER])
+    assert sorted(board.index) == [("grpo", "sgd"), ("reinforce", "adamw")]
+    assert math.isnan(board.loc[("grpo", "sgd"), M.LB_SEED_DIFF]) and lb.comparisons(runs, "reinforce").empty
+
+
+def with_items(df: pd.DataFrame, n_items: int = 20) -> pd.DataFrame:
+    """Per-item records consistent with each run's final accuracy: the first round(acc x n) items correct."""
+    out = df.copy()
+    out[M.LB_ITEMS_CORRECT] = [np.array([1] * round(a * n_items) + [0] * (n_items - round(a * n_items)), np.uint8)
+                               for a in out[M.LB_FINAL_ACC]]
+    out[M.LB_ITEMS_DIGEST] = [f"items-s{s}" for s in out[M.LB_SEED]]
+    out[M.LB_STEPS] = out[M.LB_ITEMS_STEP] = 10
+    return out
+
+
+def sgd_table() -> pd.DataFrame:
+    """hand_table's adamw runs and an sgd cell where the best lrs differ: reinforce best at 3e-4, isopo at 1e-4."""
+    adamw = hand_table()
+    acc = {("reinforce", 1e-4): [0.20, 0.30, 0.40], ("reinforce", 3e-4): [0.30, 0.35, 0.40],
+           ("isopo", 1e-4): [0.50, 0.60, 0.70], ("isopo", 3e-4): [0.30, 0.40, 0.35]}
+    template = adamw.iloc[0]
+    rows = [template.to_dict() | {M.LB_ALGORITHM: algo, M.LB_LR: lr, M.LB_SEED: seed, M.LB_FINAL_ACC: a,
+                                  M.LB_OPTIMIZER: "sgd", M.LB_STATUS: "FINISHED", M.LB_CONFIG_HASH: f"sgd{algo}{lr}{seed}",
+                                  M.LB_UPDATE_S: 2.0 if algo == "reinforce" else 5.0}
+            for (algo, lr), values in acc.items() for seed, a in enumerate(values)]
+    return with_items(pd.concat([adamw, pd.DataFrame(rows)], ignore_index=True))
+
+
+def test_seed_paired_comparisons_by_hand():
+    from isopo_bench.statistics import paired_bootstrap
+
+    table = lb.comparisons(sgd_table(), "reinforce").set_index([M.LB_OPTIMIZER, M.LB_LR_CHOICE])
+    half, mde = 4.302653 * 0.05 / 3**0.5, (4.302653 + 1.060660) * 0.05 / 3**0.5  # sd of the diffs is 0.05 in each
+    own = table.loc[("sgd", "own best lr each")]  # isopo at 1e-4 vs reinforce at 3e-4: diffs 0.2, 0.25, 0.3
+    assert (own[M.LB_LR], own[M.LB_BASELINE_LR], own[M.LB_N_SEEDS_PAIRED]) == (1e-4, 3e-4, 3)
+    assert (own[M.LB_SEED_DIFF], own[M.LB_SEED_DIFF_T_LO], own[M.LB_SEED_DIFF_T_HI]) == pytest.approx(
+        (0.25, 0.25 - half, 0.25 + half))
+    assert (own[M.LB_SEED_DIFF_SD], own[M.LB_MDE]) == pytest.approx((0.05, mde))
+    # items: isopo solves its first 10, 12, 14 of 20, reinforce its first 6, 7, 8
+    diffs = [np.array([0] * b + [1] * (x - b) + [0] * (20 - x), float) for x, b in ((10, 6), (12, 7), (14, 8))]
+    expected = paired_bootstrap(diffs, 2000, 0)
+    assert (own[M.LB_BOOT_LO], own[M.LB_BOOT_HI], own[M.LB_N_ITEMS]) == pytest.approx((expected.low, expected.high, 20))
+    assert expected.low > 0 and own[M.LB_VERDICT] == "difference detected; bootstrap agrees"
+    at_base = table.loc[("sgd", "baseline's best lr")]  # both at 3e-4: diffs 0, 0.05, -0.05
+    assert (at_base[M.LB_LR], at_base[M.LB_BASELINE_LR]) == (3e-4, 3e-4)
+    assert (at_base[M.LB_SEED_DIFF], at_base[M.LB_SEED_DIFF_T_LO], at_base[M.LB_SEED_DIFF_T_HI]) == pytest.approx(
+        (0.0, -half, half), abs=1e-7)  # the t table has 6 decimals
+    assert at_base[M.LB_VERDICT].startswith(f"no difference detected; could have detected >= {mde:.3f}")
+    # adamw: both best at 1e-4, diffs 0.1, 0.05, 0 (sd 0.05)
+    adamw = table.loc[("adamw", "own best lr each")]
+    assert (adamw[M.LB_LR], adamw[M.LB_SEED_DIFF], adamw[M.LB_MDE]) == pytest.approx((1e-4, 0.05, mde))
+
+
+def test_board_per_optimizer_with_lr_window_and_edge_flag():
+    board = lb.leaderboard(sgd_table()).set_index([M.LB_ALGORITHM, M.LB_OPTIMIZER])
+    assert len(board) == 4
+    isopo = board.loc[("isopo", "sgd")]
+    # gains 0.5 (1e-4) and 0.25 (3e-4) over the initial 0.1: the 0.45 crossing is 0.8 of the way from
+    # log10(3e-4) to log10(1e-4); the window starts at the grid's low edge, so it is a lower bound
+    assert isopo[M.LB_LR_WINDOW] == pytest.approx(0.2 * math.log10(3)) and isopo[M.LB_LR_WINDOW_LOWER]
+    assert isopo[M.LB_BEST_LR] == 1e-4 and isopo[M.LB_BEST_LR_AT_EDGE]
+    assert isopo[M.LB_GAIN_MEAN] == pytest.approx(0.5)
+    assert (isopo[M.LB_SEED_DIFF], isopo[M.LB_N_SEEDS_PAIRED]) == (pytest.approx(0.25), 3)
+    # the update-time ratio within each optimizer: sgd 5.0 / 2.0, adamw 1.5 / 1.0
+    assert isopo[M.LB_OVERHEAD] == pytest.approx(2.5) and board.loc[("isopo", "adamw"), M.LB_OVERHEAD] == pytest.approx(1.5)
+    # the pooled (seed, lr) difference of the adamw cell is the one without the sgd runs
+    pooled = lb.leaderboard(hand_table()).set_index(M.LB_ALGORITHM).loc["isopo"]
+    assert board.loc[("isopo", "adamw"), M.LB_DIFF_MEAN] == pytest.approx(pooled[M.LB_DIFF_MEAN])
+    assert math.isnan(board.loc[("reinforce", "sgd"), M.LB_SEED_DIFF])  # the baseline has no comparison
+    shown = lb.readable(board.reset_index())
+    assert shown.set_index([M.LB_ALGORITHM, M.LB_OPTIMIZER]).loc[("isopo", "sgd"), M.LB_LR_WINDOW] == ">=0.10"
+
+
+def test_comparisons_without_item_records():
+    """Tables without per-item columns (runs recorded before them): the t-interval only, with a note."""
+    table = lb.comparisons(hand_table(), "reinforce")
+    assert (table[M.LB_BOOT_NOTE] == "no per-item record of the final evaluation").all()
+    assert table[M.LB_BOOT_LO].isna().all() and (table[M.LB_N_SEEDS_PAIRED] == 3).all()
+
+
+def test_verdicts():
+    from isopo_bench.comparisons import verdict
+
+    assert verdict(0, math.nan, math.nan, math.nan, math.nan, math.nan) == "no paired seeds"
+    assert verdict(1, math.nan, math.nan, 0.01, 0.05, math.nan) == (
+        "difference detected from item noise only (1 seed: seed variance not included)")
+    assert verdict(3, -0.1, 0.2, -0.01, 0.3, 0.15) == "no difference detected; could have detected >= 0.150"
+    assert verdict(3, 0.02, 0.2, -0.01, 0.3, 0.15) == "difference detected; bootstrap CI includes 0"
+    assert verdict(3, 0.0, 0.0, 0.0, 0.0, 0.0) == "no difference: identical final accuracy on every paired seed"

@@ -41,3 +41,21 @@ def test_wheel_installs_and_runs_outside_the_checkout(tmp_path):
     assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-4000:]
     assert "installed package:" in out.stdout and str(ROOT) not in out.stdout.split("installed package:")[1].split()[0]
     assert "FINISHED" in out.stdout and "dashboard served on 127.0.0.1" in out.stdout
+
+
+def test_package_data_ships_every_file_of_a_shipped_warm_start(tmp_path):
+    """pyproject's package-data globs (relative to the package folder, as setuptools reads them) match every
+    file `isopo-bench warmstart --export` writes, and the folder's README; a real wheel holding them is
+    checked by scripts/wheel_check.sh."""
+    patterns = pyproject()["tool"]["setuptools"]["package-data"]["isopo_bench"]
+    package = tmp_path / "isopo_bench"
+    shipped = package / "warm_starts" / "0123456789ab"
+    shipped.mkdir(parents=True)
+    names = ["MANIFEST.sha256", "chat_template.jinja", "config.json", "generation_config.json", "model.safetensors",
+             "tokenizer.json", "tokenizer_config.json", "warmstart.json"]
+    for name in names:
+        (shipped / name).write_text("x")
+    (package / "warm_starts" / "README.md").write_text("x")
+    matched = {p.relative_to(package).as_posix() for pattern in patterns for p in package.glob(pattern)}
+    assert matched == {f"warm_starts/0123456789ab/{n}" for n in names} | {"warm_starts/README.md"}
+    assert (ROOT / "isopo_bench" / "warm_starts" / "README.md").is_file()

@@ -39,8 +39,9 @@ def test_quick_suite_grid():
     suite = get_suite("quick")
     configs = suite.configs()
     assert len(configs) == 5 * 3 * 3 and len({c.config_hash() for c in configs}) == 45
-    assert {c.tracking.suite for c in configs} == {"quick@v2"}
-    assert max(suite.lrs) / min(suite.lrs) == pytest.approx(9.0) and suite.warm_start
+    assert {c.tracking.suite for c in configs} == {"quick@v3"}
+    assert max(suite.lrs) / min(suite.lrs) == pytest.approx(6.25) and suite.warm_start
+    assert dict(suite.warm_start_settings) == {"direct_answer_fraction": 0.6}
     assert [c.seed for c in configs[:15]] == [0] * 15  # seed-major: a partial suite has whole seeds
     assert configs[0].task.eval_items >= 500 and configs[0].threads == 1
     for cfg in configs:  # everything but the compared axes is shared
@@ -48,10 +49,22 @@ def test_quick_suite_grid():
                        **{"optim.lr": suite.base.optim.lr, "tracking.run_name": "", "tracking.suite": "",
                           "tracking.algorithm_label": ""})
         assert back == suite.base
-    assert get_suite("quick@v2").label == "quick@v2"
+    assert get_suite("quick@v3").label == "quick@v3"
     assert {c.tracking.algorithm_label for c in configs} == set(suite.algorithms)  # the leaderboard's names
-    with pytest.raises(UnknownNameError, match="version 2"):
+    with pytest.raises(UnknownNameError, match="version 3"):
         get_suite("quick@v7")
+
+
+def test_cpu_suite_grid_crosses_seven_algorithms_with_two_optimizers():
+    suite = get_suite("cpu")
+    configs = suite.configs()
+    assert len(configs) == 7 * (3 + 3) * 5 == len({c.config_hash() for c in configs})
+    assert {"dapo", "drgrpo", "isopo", "isopo-interacting", "reinforce", "grpo", "cispo"} == set(suite.algorithms)
+    lrs = {opt: sorted({c.optim.lr for c in configs if c.optim.optimizer == opt}) for opt in ("adamw", "sgd")}
+    assert lrs == {"adamw": [1.2e-5, 3e-5, 7.5e-5], "sgd": [1.5e-3, 4e-3, 1e-2]}
+    assert [c.seed for c in configs[:42]] == [0] * 42  # seed-major: an interrupted suite holds whole seeds
+    quick = get_suite("quick")
+    assert suite.base == quick.base and suite.warm_start_settings == quick.warm_start_settings  # one tier
 
 
 GSM8K = Path(os.environ.get("ISOPO_BENCH_GSM8K_DIR") or Path(__file__).resolve().parents[2] / "shared/data/gsm8k")
@@ -66,6 +79,9 @@ def test_paper_dry_run_validates_and_estimates(workdir, capsys, monkeypatch):
     assert "run count: 5; valid" in out and "7473 train / 1319 test items" in out
     assert sum(line.strip().startswith(("1.", "2.", "3.", "4.", "5.")) for line in out.splitlines()) == 5
     assert "GPU-hours" in out and not (workdir / "m.db").exists()  # a dry run writes nothing
+    # one seed: 2.801585 sqrt(q / 1319) for q = 0.1, 0.2, 0.3, and no seed variance
+    assert "minimum detectable difference in accuracy: q = 0.1: 0.024, q = 0.2: 0.034, q = 0.3: 0.042" in out
+    assert "seed-to-seed variance is NOT included" in out and "with 1 seed it cannot be estimated" in out
     suite = get_suite("paper")
     grpo = suite.configs()[1]
     assert grpo.algorithm.name == "grpo" and evaluations_per_run(grpo) == 1 + 20 + 1  # start, every 5, step 102
@@ -168,3 +184,12 @@ def test_sigkill_resume_then_same_leaderboard_as_uninterrupted_parallel_run(work
             h = h.merge(runs[[M.LB_RUN_ID, M.LB_CONFIG_HASH]], on=M.LB_RUN_ID)
             histories.append(sorted(zip(h[M.LB_CONFIG_HASH], h["step"], h["value"])))
         assert histories[0] == histories[1] and len(histories[0]) >= 4 * 3, metric
+
+
+def test_power_lines_of_a_three_seed_suite_by_hand():
+    from isopo_bench.suites import power_lines
+
+    lines = "\n".join(power_lines(3, 512))
+    # 2.801585 sqrt(q / (3 x 512)); the t-test factor (4.302653 + 1.060660) / sqrt(3) = 3.0965
+    assert "q = 0.1: 0.023, q = 0.2: 0.032, q = 0.3: 0.039" in lines
+    assert "(t_0.975 + t_0.8) / sqrt(n) = 3.10 x the seed sd" in lines and "1 seed" not in lines
