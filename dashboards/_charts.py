@@ -7,6 +7,7 @@ import plotly.colors
 import plotly.graph_objects as go
 
 from isopo_bench import metric_names as M
+from isopo_bench.dashboards._arms import ARM
 
 # Axis titles with units, so a chart reads without explanation. Unknown metrics fall back to their name.
 LABELS = {
@@ -58,39 +59,30 @@ def _rgba(color: str, alpha: float) -> str:
     return f"rgba({int(r)},{int(g)},{int(b)},{alpha})"
 
 
-def seed_band(history: pd.DataFrame, x: str) -> pd.DataFrame:
-    """Mean and min/max over seeds of `value` per algorithm and step. With x = "elapsed" the position of a
-    step is the seeds' mean elapsed time at that step (seeds do not share clock times)."""
-    grouped = history.groupby([ALGO, "step"])
-    out = grouped["value"].agg(mean="mean", lo="min", hi="max", seeds="count").reset_index()
-    if x == "elapsed":
-        out["elapsed"] = grouped["elapsed"].mean().to_numpy()
-    return out.sort_values([ALGO, x])
-
-
-def algorithm_colors(algorithms) -> dict[str, str]:
-    """One fixed color per algorithm, so an algorithm looks the same in every chart."""
+def palette_colors(names) -> dict[str, str]:
+    """One fixed color per name (algorithm or arm), so it looks the same in every chart of a page."""
     palette = plotly.colors.qualitative.Plotly
-    return {algo: palette[i % len(palette)] for i, algo in enumerate(sorted(set(algorithms)))}
+    return {name: palette[i % len(palette)] for i, name in enumerate(sorted(set(names)))}
 
 
-def curve_figure(band: pd.DataFrame, metric: str, x: str, colors: dict[str, str] | None = None) -> go.Figure:
-    """One line per algorithm (mean over seeds) with a shaded min-max band over seeds."""
+def curve_figure(band: pd.DataFrame, metric: str, x: str, colors: dict[str, str] | None = None,
+                 band_name: str = "seed range") -> go.Figure:
+    """One line per arm (mean over its seeds) with a shaded band (its lo..hi columns) around it."""
     fig = go.Figure()
-    colors = colors or algorithm_colors(band[ALGO])
-    for algo, rows in band.groupby(ALGO, sort=True):
-        color = colors[algo]
+    colors = colors or palette_colors(band[ARM])
+    for arm, rows in band.groupby(ARM, sort=True):
+        color = colors[arm]
         xs = rows[x].tolist()
         fig.add_trace(go.Scatter(x=xs + xs[::-1], y=rows["hi"].tolist() + rows["lo"].tolist()[::-1], fill="toself",
                                  mode="lines", fillcolor=_rgba(color, 0.18), line={"width": 0}, hoverinfo="skip",
-                                 legendgroup=algo, showlegend=False, name=f"{algo} seed range"))
-        fig.add_trace(go.Scatter(x=xs, y=rows["mean"], mode="lines+markers", name=algo, legendgroup=algo,
+                                 legendgroup=arm, showlegend=False, name=f"{arm} {band_name}"))
+        fig.add_trace(go.Scatter(x=xs, y=rows["mean"], mode="lines+markers", name=arm, legendgroup=arm,
                                  line={"color": color}, customdata=rows[["lo", "hi", "seeds"]],
-                                 hovertemplate="%{y:.4g} (seed range %{customdata[0]:.4g} to %{customdata[1]:.4g},"
-                                               " %{customdata[2]} seeds)"))
+                                 hovertemplate=f"%{{y:.4g}} ({band_name} %{{customdata[0]:.4g}} to "
+                                               "%{customdata[1]:.4g}, %{customdata[2]} seeds)"))
     fig.update_layout(xaxis_title=STEP_LABEL if x == "step" else label(M.TIME_ELAPSED), yaxis_title=label(metric),
-                      legend={"title": {"text": "algorithm"}, "orientation": "h", "y": 1.02, "yanchor": "bottom", "x": 0},
-                      margin={"t": 30}, height=420)
+                      legend={"title": {"text": "algorithm · lr · optimizer"}, "orientation": "h", "y": 1.02,
+                              "yanchor": "bottom", "x": 0}, margin={"t": 30}, height=440)
     return fig
 
 

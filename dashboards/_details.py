@@ -1,5 +1,6 @@
-"""Run details tab: one run's identity (tags incl. commit and config hash), config, summary, sample
-completions with their rewards, and the sampler-vs-trainer log-prob mismatch."""
+"""Run details tab: one run's identity (tags incl. commit, config hash, the full model path and the
+start_hash of the weights it started from), config, summary, sample completions with their rewards, and
+the sampler-vs-trainer log-prob mismatch."""
 
 from __future__ import annotations
 
@@ -10,15 +11,17 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from isopo_bench import metric_names as M
-from isopo_bench.dashboards import _charts, _data
+from isopo_bench.dashboards import _arms, _charts, _data
 
-IDENTITY_TAGS = (M.TAG_ALGORITHM, M.TAG_TASK, M.TAG_MODEL, M.TAG_SEED, M.TAG_LR, M.TAG_SUITE, M.TAG_COMMIT,
-                 M.TAG_CONFIG_HASH, M.TAG_VERSION, M.TAG_SCORER_VERSION, M.TAG_MACHINE)
+IDENTITY_TAGS = (M.TAG_ALGORITHM, M.TAG_TASK, M.TAG_MODEL_DISPLAY, M.TAG_MODEL, M.TAG_START_HASH, M.TAG_SEED,
+                 M.TAG_LR, M.TAG_OPTIMIZER, M.TAG_SUITE, M.TAG_COMMIT, M.TAG_CONFIG_HASH, M.TAG_VERSION,
+                 M.TAG_SCORER_VERSION, M.TAG_MACHINE)
+"""The model tag is the full model path (or hub id); model_display its short name where the run logged one."""
 MISMATCH = (M.MISMATCH_MEAN_ABS, M.MISMATCH_MAX_ABS, M.MISMATCH_RATIO_MEAN, M.MISMATCH_RATIO_MAX)
 
 
 def run_label(row: pd.Series) -> str:
-    return f"{row[M.LB_ALGORITHM]} | seed {row[M.LB_SEED]} | {row[M.LB_STATUS]} | {row[M.LB_RUN_ID][:8]}"
+    return f"{row[_arms.ARM]} | seed {row[M.LB_SEED]} | {row[M.LB_STATUS]} | {row[M.LB_RUN_ID][:8]}"
 
 
 def render_identity(record: dict) -> None:
@@ -96,7 +99,7 @@ def render_mismatch(uri: str, run_id: str) -> None:
 
 
 def render(uri: str, runs: pd.DataFrame) -> None:
-    labels = {run_label(row): row[M.LB_RUN_ID] for _, row in runs.iterrows()}
+    labels = {run_label(row): row[M.LB_RUN_ID] for _, row in _arms.with_arm(runs).iterrows()}
     run_id = labels[st.selectbox("Run", list(labels), key="detail-run")]
     record = _data.run_record(uri, run_id)
     st.caption(f"MLflow run {run_id} ({record['name']})")

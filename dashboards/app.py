@@ -12,9 +12,10 @@ import pandas as pd
 import streamlit as st
 
 from isopo_bench import metric_names as M
-from isopo_bench.dashboards import _curves, _data, _details, _diagnostics, _leaderboard, _overhead
+from isopo_bench.dashboards import _arms, _curves, _data, _details, _diagnostics, _leaderboard, _overhead
 
-FILTERS = {M.LB_SUITE: "Suite", M.LB_TASK: "Task", M.LB_MODEL: "Model", M.LB_ALGORITHM: "Algorithm"}
+FILTERS = {M.LB_SUITE: "Suite", M.LB_TASK: "Task", M.LB_MODEL: "Model", M.LB_ALGORITHM: "Algorithm",
+           M.LB_OPTIMIZER: "Optimizer"}
 TABS = {"Leaderboard": _leaderboard.render, "Curves": _curves.render, "Overhead": _overhead.render,
         "Run details": _details.render, "Diagnostics": _diagnostics.render}
 log = logging.getLogger(__name__)
@@ -29,13 +30,17 @@ def sidebar_store() -> str:
 
 
 def sidebar_filters(runs: pd.DataFrame) -> pd.DataFrame:
-    """Multiselects over suite, task, model and algorithm; an empty selection means all."""
+    """Multiselects over suite, task, model, algorithm and optimizer; an empty selection means all. Models
+    are listed by their readable names (the model_display tag, else the last folder of a path)."""
     st.sidebar.subheader("Filters")
+    shown = {M.LB_MODEL: _arms.model_names(runs)}
     for column, title in FILTERS.items():
         if column not in runs:
             continue
         options = sorted(runs[column].fillna("").astype(str).unique())
-        chosen = st.sidebar.multiselect(title, options, key=f"filter-{column}", placeholder="all")
+        names = shown.get(column, {})
+        chosen = st.sidebar.multiselect(title, options, key=f"filter-{column}", placeholder="all",
+                                        format_func=lambda value, names=names: names.get(value, value))
         if chosen:
             runs = runs[runs[column].fillna("").astype(str).isin(chosen)]
     st.sidebar.caption(f"{len(runs)} runs selected")
@@ -77,7 +82,7 @@ def main() -> None:
         st.info(f"No runs in `{uri}` yet. Start one with `isopo-bench train --preset tiny-smoke` (or a suite with "
                 "`isopo-bench suite NAME`), then press Refresh data.")
         return
-    runs = sidebar_filters(runs)
+    runs = sidebar_filters(_arms.with_optimizer(runs))
     if runs.empty:
         st.warning("No run matches the filters in the sidebar.")
         return

@@ -1,6 +1,8 @@
 """The Streamlit dashboard against a store of real tiny training runs (2 algorithms x 2 seeds, one suite):
-every tab renders, and shows the numbers MLflow and the CLI leaderboard hold. Streamlit's AppTest runs the
-app in this process; the torch check runs it in a fresh one."""
+every tab renders, and shows the numbers MLflow and the CLI leaderboard hold; and against a hand-written
+store (tests/_dash_store.py: 2 algorithms x 2 learning rates x 2 seeds, plus an SGD arm) whose values are
+formulas, for the per-arm curves, the accuracy-against-lr chart, the optimizer filter and the model names.
+Streamlit's AppTest runs the app in this process; the torch check runs it in a fresh one."""
 
 from __future__ import annotations
 
@@ -22,10 +24,12 @@ pytest.importorskip("plotly", reason="the dashboard extra is not installed: pip 
 from mlflow.tracking import MlflowClient  # noqa: E402
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
+import _dash_store as S  # noqa: E402
 from conftest import smoke_config  # noqa: E402
 from isopo_bench import leaderboard as lb  # noqa: E402
 from isopo_bench import metric_names as M  # noqa: E402
 from isopo_bench.config import replace  # noqa: E402
+from isopo_bench.dashboards import _arms  # noqa: E402
 from isopo_bench.dashboard_launcher import OVERHEAD_FILE_ENV, absolute_uri, parse, streamlit_command  # noqa: E402
 from isopo_bench.presets import algorithm_preset  # noqa: E402
 
@@ -33,9 +37,15 @@ pytestmark = pytest.mark.slow  # the store fixture trains four tiny runs (about 
 APP = str(Path(__file__).resolve().parents[1] / "dashboards" / "app.py")
 SUITE = "dash-test"
 ALGORITHMS, SEEDS = ("reinforce", "grpo"), (0, 1)
+SMOKE_LR = 1e-3
+"""smoke_config's learning rate: the real store's one arm per algorithm is `algorithm · lr 0.001 · adamw`."""
 
 
-def make_store(root: Path, algorithms=ALGORITHMS, seeds=SEEDS, steps: int = 3) -> str:
+def arm(algorithm: str, lr: float = SMOKE_LR, optimizer: str = "adamw") -> str:
+    return f"{algorithm} · lr {lr:g} · {optimizer}"
+
+
+def make_store(root: Path, algorithms=ALGORITHMS, seeds=SEEDS, steps: int = 3, lrs=(SMOKE_LR,)) -> str:
     """Real tiny-smoke runs forming one suite; artifacts go to root/mlruns (MLflow puts them under the cwd)."""
     from isopo_bench.trainer import train
 
@@ -43,9 +53,10 @@ def make_store(root: Path, algorithms=ALGORITHMS, seeds=SEEDS, steps: int = 3) -
     os.chdir(root)
     try:
         for algorithm in algorithms:
-            for seed in seeds:
-                cfg = smoke_config(root, seed=seed, algorithm=algorithm_preset(algorithm))
-                train(replace(cfg, **{"tracking.suite": SUITE, "optim.steps": steps}))
+            for lr in lrs:
+                for seed in seeds:
+                    cfg = smoke_config(root, seed=seed, algorithm=algorithm_preset(algorithm))
+                    train(replace(cfg, **{"tracking.suite": SUITE, "optim.steps": steps, "optim.lr": lr}))
     finally:
         os.chdir(cwd)
     return f"sqlite:///{root}/mlflow.db"
@@ -116,7 +127,9 @@ def test_leaderboard_tab_shows_the_cli_leaderboard(store, monkeypatch):
     at = run_app(store, monkeypatch)
     assert [t.label for t in at.tabs] == ["Leaderboard", "Curves", "Overhead", "Run details", "Diagnostics"]
     shown = at.tabs[0].dataframe[0].value.reset_index(drop=True)
-    expected = lb.leaderboard(lb.load_runs(store))[list(shown.columns)]
+    runs = lb.load_runs(store)
+    expected = lb.leaderboard(runs)[list(shown.columns)]
+    expected[M.LB_MODEL] = expected[M.LB_MODEL].map(_arms.model_names(runs))  # shown by readable name
     pd.testing.assert_frame_equal(shown, expected, check_dtype=False)
     assert list(shown.columns[:4]) == [M.LB_SUITE, M.LB_TASK, M.LB_MODEL, M.LB_ALGORITHM]
     final = histories(store, M.FINAL_ACCURACY)
@@ -135,27 +148,27 @@ def test_sidebar_filter_restricts_every_tab(store, monkeypatch):
     assert list(at.tabs[0].dataframe[0].value[M.LB_ALGORITHM]) == ["grpo"]
     assert "2 runs selected" in [c.value for c in at.sidebar.caption]
     reward = chart_by_ytitle(at.tabs[1], "mean training reward (0-1)")
-    assert {t["name"] for t in reward["data"] if t.get("showlegend", True)} == {"grpo"}
+    assert {t["name"] for t in reward["data"] if t.get("showlegend", True)} == {arm("grpo")}
 
 
 def test_curves_are_the_mean_over_seeds_against_step_and_wall_clock(store, monkeypatch):
     at = run_app(store, monkeypatch)
     entropy = histories(store, M.ENTROPY)
     chart = chart_by_ytitle(at.tabs[1], "policy entropy (nats per token)")
-    line = trace(chart, "grpo")
+    line = trace(chart, arm("grpo"))
     steps = [s for s, _ in entropy[("grpo", 0)]]
     assert line["x"] == steps
     pairs = list(zip(entropy[("grpo", 0)], entropy[("grpo", 1)]))
     assert line["y"] == pytest.approx([(a + b) / 2 for (_, a), (_, b) in pairs])
-    band = trace(chart, "grpo seed range")  # hi over the steps, then lo backwards
+    band = trace(chart, f"{arm('grpo')} lowest to highest seed")  # hi over the steps, then lo backwards
     assert band["y"][: len(steps)] == pytest.approx([max(a, b) for (_, a), (_, b) in pairs])
     at.radio(key="curve_x").set_value("wall-clock time (time/elapsed)").run()
     assert not at.exception
     elapsed = histories(store, M.TIME_ELAPSED)
-    line = trace(chart_by_ytitle(at.tabs[1], "policy entropy (nats per token)"), "grpo")
+    line = trace(chart_by_ytitle(at.tabs[1], "policy entropy (nats per token)"), arm("grpo"))
     pairs = list(zip(elapsed[("grpo", 0)], elapsed[("grpo", 1)]))
     assert line["x"] == pytest.approx([(a + b) / 2 for (_, a), (_, b) in pairs])
-    accuracy = trace(chart_by_ytitle(at.tabs[1], "held-out accuracy (fraction correct, greedy)"), "reinforce")
+    accuracy = trace(chart_by_ytitle(at.tabs[1], "held-out accuracy (fraction correct, greedy)"), arm("reinforce"))
     assert accuracy["x"][0] == 0.0  # the evaluation before training sits at 0 s
 
 
@@ -290,11 +303,140 @@ def test_diagnostics_tab_curves_and_accuracy_against_kl(store, monkeypatch):
     assert by_lr[M.LB_DIAG_KL].notna().all()
     tradeoff = chart_by_ytitle(tab, "final held-out accuracy (fraction correct)")
     for algorithm in ALGORITHMS:
-        point = trace(tradeoff, algorithm)
+        point = trace(tradeoff, f"{algorithm} · adamw")
         row = by_lr[by_lr[M.LB_ALGORITHM] == algorithm].iloc[0]
         assert point["x"][0] == pytest.approx(row[M.LB_DIAG_KL]) and point["y"][0] == pytest.approx(row[M.LB_ACC_MEAN])
     kl = chart_by_ytitle(tab, "token KL(pi_before || pi_after) per step (nats)")
     expected = histories(store, M.DIAG_KL_TOK)
-    line = trace(kl, "reinforce")
+    line = trace(kl, arm("reinforce"))
     mean_first = sum(expected[("reinforce", s)][0][1] for s in SEEDS) / len(SEEDS)
     assert line["y"][0] == pytest.approx(mean_first)
+
+
+# ------------------------------------------------------------------------------------------------
+# The hand-written store: 2 algorithms x 2 learning rates x 2 seeds with AdamW, and reinforce at 1e-3 with SGD.
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory) -> str:
+    return S.make_synthetic_store(tmp_path_factory.mktemp("dashboard_synthetic"), arms=tuple(S.FINAL))
+
+
+def reward_line(arm_key: tuple, seeds=(0, 1)) -> list[float]:
+    return [sum(S.reward(arm_key, s, step) for s in seeds) / len(seeds) for step in range(1, S.STEPS + 1)]
+
+
+def test_curves_default_to_each_algorithm_at_its_best_lr_and_add_a_chosen_arm(synthetic, monkeypatch):
+    at = run_app(synthetic, monkeypatch)
+    selector = at.tabs[1].multiselect(key="curve_arms")
+    # best final accuracy (tests/_dash_store.FINAL): grpo at 1e-4, reinforce at 1e-3 (with each optimizer)
+    best = [arm("grpo", 1e-4), arm("reinforce", 1e-3), arm("reinforce", 1e-3, "sgd")]
+    assert selector.value == best
+    assert selector.options == [arm("grpo", 1e-4), arm("grpo", 1e-3), arm("reinforce", 1e-4), *best[1:]]
+    reward = chart_by_ytitle(at.tabs[1], "mean training reward (0-1)")
+    assert {t["name"] for t in reward["data"] if t.get("showlegend", True)} == set(best)
+    selector.set_value([arm("grpo", 1e-4), arm("grpo", 1e-3)]).run()
+    assert not at.exception and not at.error
+    reward = chart_by_ytitle(at.tabs[1], "mean training reward (0-1)")
+    for lr in (1e-4, 1e-3):  # one curve per learning rate, each the mean of its own two seeds only
+        assert trace(reward, arm("grpo", lr))["y"] == pytest.approx(reward_line(("grpo", lr, "adamw")))
+        assert trace(reward, arm("grpo", lr))["x"] == list(range(1, S.STEPS + 1))
+    accuracy = chart_by_ytitle(at.tabs[1], "held-out accuracy (fraction correct, greedy)")
+    assert trace(accuracy, arm("grpo", 1e-3))["y"] == pytest.approx(
+        [(S.eval_accuracy(("grpo", 1e-3, "adamw"), 0, st) + S.eval_accuracy(("grpo", 1e-3, "adamw"), 1, st)) / 2
+         for st in S.EVAL_STEPS])
+
+
+def test_curves_t_band_and_smoothing_leave_eval_curves_alone(synthetic, monkeypatch):
+    at = run_app(synthetic, monkeypatch)
+    at.tabs[1].multiselect(key="curve_arms").set_value([arm("reinforce", 1e-3)]).run()
+    at.radio(key="curve_band").set_value("t95").run()
+    key = ("reinforce", 1e-3, "adamw")
+    band = trace(chart_by_ytitle(at.tabs[1], "mean training reward (0-1)"),
+                 f"{arm('reinforce', 1e-3)} 95% Student-t interval over seeds")
+    seeds = [[S.reward(key, s, step) for s in (0, 1)] for step in range(1, S.STEPS + 1)]
+    # two seeds: half width t_{0.975, 1} * sd / sqrt(2) = 12.706205 * |a - b| / 2
+    hi = [(a + b) / 2 + 12.706205 * abs(a - b) / 2 for a, b in seeds]
+    assert band["y"][: S.STEPS] == pytest.approx(hi)
+    at.radio(key="curve_smooth").set_value("EMA").run()
+    at.slider(key="curve_ema").set_value(0.5).run()
+    assert not at.exception and not at.error
+    assert any("EMA, beta = 0.50" in c.value and "drawn unsmoothed" in c.value for c in at.tabs[1].caption)
+    smoothed = []
+    for s in (0, 1):  # s1 = y1, s_k = 0.5 s_{k-1} + 0.5 y_k per seed, then the mean over seeds
+        ys, out = [S.reward(key, s, step) for step in range(1, S.STEPS + 1)], []
+        for y in ys:
+            out.append(y if not out else 0.5 * out[-1] + 0.5 * y)
+        smoothed.append(out)
+    line = trace(chart_by_ytitle(at.tabs[1], "mean training reward (0-1)"), arm("reinforce", 1e-3))
+    assert line["y"] == pytest.approx([(a + b) / 2 for a, b in zip(*smoothed)])
+    accuracy_chart = chart_by_ytitle(at.tabs[1], "held-out accuracy (fraction correct, greedy)")
+    accuracy = trace(accuracy_chart, arm("reinforce", 1e-3))
+    assert accuracy["y"] == pytest.approx([sum(S.eval_accuracy(key, s, st) for s in (0, 1)) / 2 for st in S.EVAL_STEPS])
+
+
+def test_leaderboard_accuracy_against_lr_with_intervals_initial_line_and_edge_notes(synthetic, monkeypatch):
+    at = run_app(synthetic, monkeypatch)
+    tab = at.tabs[0]
+    chart = chart_by_ytitle(tab, "final held-out accuracy, mean over seeds")
+    assert chart["layout"]["xaxis"]["type"] == "log"
+    assert {t["name"] for t in chart["data"]} == {"grpo · adamw", "reinforce · adamw", "reinforce · sgd"}
+    grpo = trace(chart, "grpo · adamw")
+    finals = {lr: [S.final_accuracy(("grpo", lr, "adamw"), s) for s in (0, 1)] for lr in (1e-4, 1e-3)}
+    assert grpo["x"] == pytest.approx([1e-4, 1e-3])
+    assert grpo["y"] == pytest.approx([sum(v) / 2 for v in finals.values()])
+    half = 12.706205 * abs(finals[1e-4][0] - finals[1e-4][1]) / 2  # t_{0.975, 1} sd / sqrt(2) with two seeds
+    assert grpo["error_y"]["array"] == pytest.approx([half, half])
+    (initial,) = chart["layout"]["shapes"]
+    assert initial["y0"] == initial["y1"] == pytest.approx(S.INITIAL)
+    notes = [c.value for c in tab.caption if c.value.startswith("Grid edge")]
+    assert notes == [
+        "Grid edge: grpo (adamw): the best learning rate 0.0001 is the smallest tried; a smaller one may do better.",
+        "Grid edge: reinforce (adamw): the best learning rate 0.001 is the largest tried; a larger one may do better.",
+        "Grid edge: reinforce (sgd): only one learning rate (0.001) has finished runs, so its best is unknown."]
+    bars = chart_by_ytitle(tab, "final held-out accuracy (fraction correct)")["data"][0]  # never pooling optimizers
+    mean_final = lambda key: sum(S.final_accuracy(key, s) for s in (0, 1)) / 2  # noqa: E731
+    assert dict(zip(bars["x"], bars["y"])) == pytest.approx({
+        "reinforce · adamw": mean_final(("reinforce", 1e-3, "adamw")),
+        "grpo · adamw": mean_final(("grpo", 1e-4, "adamw")),
+        "reinforce · sgd": mean_final(("reinforce", 1e-3, "sgd"))})
+    assert set(tab.dataframe[0].value[M.LB_MODEL]) == {S.MODEL_DISPLAY}
+    assert any(S.MODEL_DISPLAY in m.value and S.MODEL not in m.value for m in tab.markdown if "Leaderboard:" in m.value)
+
+
+def test_optimizer_filter_and_model_names_in_the_sidebar(synthetic, monkeypatch):
+    at = run_app(synthetic, monkeypatch)
+    models = at.sidebar.multiselect(key=f"filter-{M.LB_MODEL}")
+    assert models.options == [S.MODEL_DISPLAY]  # shown by name, filtering by the recorded path
+    optimizer = at.sidebar.multiselect(key=f"filter-{M.LB_OPTIMIZER}")
+    assert optimizer.options == ["adamw", "sgd"]
+    optimizer.set_value(["sgd"]).run()
+    assert not at.exception and not at.error
+    assert "2 runs selected" in [c.value for c in at.sidebar.caption]
+    assert at.tabs[1].multiselect(key="curve_arms").options == [arm("reinforce", 1e-3, "sgd")]
+    reward = chart_by_ytitle(at.tabs[1], "mean training reward (0-1)")
+    assert trace(reward, arm("reinforce", 1e-3, "sgd"))["y"] == pytest.approx(reward_line(("reinforce", 1e-3, "sgd")))
+
+
+def test_run_details_show_the_model_path_start_hash_and_optimizer(synthetic, monkeypatch):
+    at = run_app(synthetic, monkeypatch)
+    tab = at.tabs[3]
+    label = tab.selectbox(key="detail-run").value
+    assert label.startswith(arm("grpo", 1e-4) + " | seed 0 | FINISHED")
+    tags = tab.table[0].value["value"]
+    assert (tags[M.TAG_MODEL_DISPLAY], tags[M.TAG_MODEL]) == (S.MODEL_DISPLAY, S.MODEL)
+    assert (tags[M.TAG_START_HASH], tags[M.TAG_OPTIMIZER], tags[M.TAG_LR]) == (S.START_HASH, "adamw", "0.0001")
+
+
+def test_diagnostics_are_keyed_per_arm(synthetic, monkeypatch):
+    at = run_app(synthetic, monkeypatch)
+    tab = at.tabs[4]
+    tradeoff = chart_by_ytitle(tab, "final held-out accuracy (fraction correct)")
+    assert {t["name"] for t in tradeoff["data"]} == {"grpo · adamw", "reinforce · adamw", "reinforce · sgd"}
+    grpo = trace(tradeoff, "grpo · adamw")  # per run the median over steps of diag/kl_tok, then the seed mean
+    median_kl = {lr: [float(np.median([S.kl(("grpo", lr, "adamw"), s, st) for st in range(1, S.STEPS + 1)]))
+                      for s in (0, 1)] for lr in (1e-4, 1e-3)}
+    assert grpo["x"] == pytest.approx([sum(v) / 2 for v in median_kl.values()])
+    at.tabs[4].multiselect(key="diag_arms").set_value([arm("grpo", 1e-4), arm("grpo", 1e-3)]).run()
+    kl = chart_by_ytitle(at.tabs[4], "token KL(pi_before || pi_after) per step (nats)")
+    for lr in (1e-4, 1e-3):
+        expected = [sum(S.kl(("grpo", lr, "adamw"), s, st) for s in (0, 1)) / 2 for st in range(1, S.STEPS + 1)]
+        assert trace(kl, arm("grpo", lr))["y"] == pytest.approx(expected)

@@ -75,20 +75,43 @@ def served(uri: str, log: Path):
             proc.wait()
 
 
-def test_dashboard_renders_in_headless_chromium(tmp_path):
+def test_dashboard_renders_every_tab_and_the_per_lr_curve_selector_in_headless_chromium(tmp_path):
+    """A store of 2 algorithms x 2 learning rates x 2 seeds: every tab draws without an error, and adding an arm
+    that is not a default (each algorithm at its best lr) to the Curves tab's selector adds exactly its curve.
+    DASHBOARD_SCREENSHOT_TO=docs/dashboard.png copies the Curves screenshot there (the README's)."""
     require_tools()
     from test_dashboard import SUITE, make_store
 
-    uri = make_store(tmp_path, algorithms=("reinforce", "grpo"), seeds=(0,), steps=2)
+    from isopo_bench import leaderboard as lb
+    from isopo_bench.dashboards import _arms
+
+    uri = make_store(tmp_path, algorithms=("reinforce", "grpo"), seeds=(0, 1), steps=3, lrs=(1e-3, 3e-3))
+    runs = lb.load_runs(uri)
+    arms, default = list(_arms.arm_table(runs)[_arms.ARM]), _arms.best_arms(runs)
+    assert len(arms) == 4 and len(default) == 2, (arms, default)  # one lr per algorithm by default
+    added = next(a for a in arms if a not in default)
     screenshot = tmp_path / "dashboard.png"
     with served(uri, tmp_path / "server.log") as url:
         out = subprocess.run(["node", "check.js", url, str(screenshot), CHROMIUM], cwd=BROWSER_TEST,
-                             capture_output=True, text=True, timeout=300)
+                             capture_output=True, text=True, timeout=400, env=os.environ | {"SELECT_ARM": added})
     assert out.returncode == 0, out.stderr[-3000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])
+    tabs = ["Leaderboard", "Curves", "Overhead", "Run details", "Diagnostics"]
     assert result["title"] == "isopo-bench dashboard"
-    assert result["tabs"] == ["Leaderboard", "Curves", "Overhead", "Run details", "Diagnostics"]
-    assert result["exceptions"] == 0
+    assert result["tabs"] == tabs
+    assert result["exceptions"] == 0 and result["exceptions_per_tab"] == dict.fromkeys(tabs, 0)
     assert result["dataframes"] >= 1 and result["plotly"] >= 1
+    # Leaderboard: accuracy bars and accuracy against lr; Curves: reward, accuracy, entropy (grad/norm when logged);
+    # Run details: the mismatch chart; Diagnostics: the trade-off and at least the KL curve (tiny runs log diag/
+    # at their first steps only, so not every diagnostic has a curve)
+    charts = result["plotly_per_tab"]
+    assert charts["Leaderboard"] >= 2 and charts["Curves"] >= 3 and charts["Overhead"] >= 1
+    assert charts["Run details"] >= 1 and charts["Diagnostics"] >= 2
     assert [h for h in result["leaderboard_headings"] if SUITE in h and "arithmetic" in h]
-    assert screenshot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and screenshot.stat().st_size > 20_000
+    assert result["curve_legends_before"] == sorted(default)
+    assert result["curve_legends_after"] == sorted([*default, added])
+    assert result["selected_arms"] == [*default, added]
+    for shot in (screenshot, tmp_path / "dashboard-curves.png"):
+        assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 20_000
+    if os.environ.get("DASHBOARD_SCREENSHOT_TO"):
+        shutil.copy(tmp_path / "dashboard-curves.png", os.environ["DASHBOARD_SCREENSHOT_TO"])

@@ -1,8 +1,12 @@
 // Loads a served dashboard in the system's headless Chromium, checks that the leaderboard table and a
-// plotly chart rendered, saves a full-page screenshot and prints what it found as one JSON line.
-// Usage: node check.js URL SCREENSHOT.png [CHROMIUM_PATH]
-// README screenshot: isopo-bench dashboard --port 8611 --tracking-uri sqlite:////abs/mlflow.db, then
-//   VIEWPORT=1500x1500 node check.js http://127.0.0.1:8611 ../../docs/dashboard.png
+// plotly chart rendered, saves a full-page screenshot, opens every tab (counting its charts and errors),
+// and with SELECT_ARM="algorithm · lr · optimizer" adds that arm in the Curves tab's arm selector and
+// reads the curves' legends before and after; prints what it found as one JSON line.
+// Usage: [SELECT_ARM=...] node check.js URL SCREENSHOT.png [CHROMIUM_PATH]
+// With SELECT_ARM the Curves tab after the selection is saved as SCREENSHOT-curves.png. The README's
+// docs/dashboard.png is that file for the quick suite's store (docs/dashboard.md, "Tests and the README
+// screenshot"): isopo-bench dashboard --port 8611 --tracking-uri sqlite:////abs/mlflow.db, then
+//   SELECT_ARM="isopo · lr 6e-05 · adamw" VIEWPORT=1500x1150 node check.js http://127.0.0.1:8611 /tmp/shot.png
 // playwright-core never downloads a browser; it drives the Chromium given (Debian's /usr/bin/chromium).
 const fs = require("fs");
 const os = require("os");
@@ -18,16 +22,44 @@ const TIMEOUT_MS = 90000;
 // screenshot holds only what fits the viewport; the README screenshot uses a taller one.
 const [WIDTH, HEIGHT] = (process.env.VIEWPORT || "1500x1000").split("x").map(Number);
 
-// EVERY_TAB=1: also click each tab and save SCREENSHOT-<tab>.png (to review the other pages by eye).
-async function screenshotTabs(page, screenshot, result) {
+// Every tab: its visible charts and error boxes; EVERY_TAB=1 also saves SCREENSHOT-<tab>.png (to review by eye).
+async function visitTabs(page, screenshot, result) {
   result.plotly_per_tab = {};
+  result.exceptions_per_tab = {};
   for (const name of result.tabs) {
     await page.getByRole("tab", { name }).click();
     await page.waitForTimeout(3000);
     result.plotly_per_tab[name] = await page.locator(".js-plotly-plot:visible").count();
-    const file = screenshot.replace(/\.png$/, `-${name.replace(/\W+/g, "_")}.png`);
-    await page.screenshot({ path: file, fullPage: true });
+    result.exceptions_per_tab[name] = await page.locator('[data-testid="stException"]:visible, [data-testid="stAlertContentError"]:visible').count();
+    if (process.env.EVERY_TAB) {
+      const file = screenshot.replace(/\.png$/, `-${name.replace(/\W+/g, "_")}.png`);
+      await page.screenshot({ path: file, fullPage: true });
+    }
   }
+}
+
+// Plotly's legend entries are SVG text, which has no innerText.
+// Streamlit shows its status widget ("Running...", "Stop") while a script run draws the page.
+const idle = (page) => page.locator('[data-testid="stStatusWidget"]').waitFor({ state: "hidden", timeout: TIMEOUT_MS });
+
+const legends = (page) => page.locator(".js-plotly-plot:visible .legendtext").evaluateAll((n) => n.map((t) => t.textContent));
+
+// The Curves tab's arm selector (its label starts with "Arms"): open it, pick the arm, wait for its curve.
+async function selectArm(page, arm, screenshot, result) {
+  await page.getByRole("tab", { name: "Curves" }).click();
+  await page.waitForTimeout(2000);
+  result.curve_legends_before = [...new Set(await legends(page))].sort();
+  const selector = page.locator('[data-testid="stMultiSelect"]:visible').filter({ hasText: "Arms" }).first();
+  await selector.locator("input").click();  // the label holds a help button: open the list from its input
+  await page.getByRole("option", { name: arm, exact: true }).click();
+  await page.keyboard.press("Escape");
+  await page.locator(".js-plotly-plot:visible .legendtext", { hasText: arm }).first()
+    .waitFor({ state: "attached", timeout: TIMEOUT_MS });
+  await idle(page);
+  await page.waitForTimeout(1500);
+  result.curve_legends_after = [...new Set(await legends(page))].sort();
+  result.selected_arms = await selector.locator("[data-tag]").evaluateAll((tags) => tags.map((t) => t.getAttribute("aria-label")));
+  await page.screenshot({ path: screenshot.replace(/\.png$/, "-curves.png"), fullPage: true });
 }
 
 async function main() {
@@ -51,7 +83,8 @@ async function main() {
       leaderboard_headings: await page.getByRole("heading").filter({ hasText: "Leaderboard:" }).allInnerTexts(),
     };
     await page.screenshot({ path: screenshot, fullPage: true });
-    if (process.env.EVERY_TAB) await screenshotTabs(page, screenshot, result);
+    await visitTabs(page, screenshot, result);
+    if (process.env.SELECT_ARM) await selectArm(page, process.env.SELECT_ARM, screenshot, result);
     console.log(JSON.stringify(result));
   } finally {
     await context.close();
