@@ -143,8 +143,9 @@ QUICK_BUDGET = CPU_TIER_DESIGN + """
 Budget: 15 minutes of wall clock on a quiet 2-core CPU (the warm start is shipped, not trained).
 Grid: 5 algorithms x 3 AdamW learning rates (6e-6, 1.9e-5, 6e-5: half a decade apart, centred between
 1.2e-5 and 3e-5, where cpu@v1's first two seeds put every algorithm's best among 5e-6, 1.2e-5, 3e-5 and 7.5e-5,
-with 5e-6 and 7.5e-5 worse for all seven) x 3 seeds (the minimum for a t-interval) = 45 runs; at ~37 s of wall
-per run per worker with 2 workers, ~14 minutes (four learning rates, 60 runs, would take ~19)."""
+with 5e-6 and 7.5e-5 worse for all seven) x 3 seeds (the minimum for a t-interval) = 45 runs. Measured
+2026-12-02 from a fresh store on the quiet 2-core machine: 13 min 23 s (27-30 s per REINFORCE run per worker);
+every algorithm's best lr was 1.9e-5, the grid's middle."""
 
 
 def cpu_tier_base(steps: int = 20) -> RunConfig:
@@ -175,8 +176,10 @@ Budget: 90 minutes of wall clock on 2 cores, resumable (rerun the command to con
 Grid: the five paper algorithms + GRPO's DAPO (clip-higher 0.28) and Dr.GRPO (token-sum / (B L_max)) settings
 = 7 algorithms, x 2 optimizers with their own lr grids (AdamW 5e-6, 1.2e-5, 3e-5, 7.5e-5 as quick; SGD with
 momentum 0.9: 6e-4, 1.5e-3, 4e-3, placed from the v2 tier, where SGD 1e-3 gained most, 3e-3 less and 3e-2
-collapsed), x 3 seeds = 147 runs. Measured on the 2-core machine: ~55 s of wall per run per worker with 2
-workers, so ~70 minutes; 4 seeds (~90 minutes) did not fit beside the rest of the work.
+collapsed), x 3 seeds = 147 runs. Measured 2026-12-02 on the 2-core machine: 59 min 30 s with the test suite
+running beside it for 40 minutes (~49 s of wall per run per worker); 4 seeds (~80 minutes) did not fit beside
+the rest of the work. Under AdamW every best lr was inside the grid; under SGD REINFORCE's was the lowest and
+Dr.GRPO's the highest (its normaliser shortens its steps): the SGD grid brackets 5 of 7.
 Power: with 3 seeds the minimum detectable paired difference (80% power, two-sided 5%) is
 (t_0.975,2 + t_0.8,2) / sqrt(3) = 3.10 x the seed-to-seed sd of the difference; the leaderboard prints it
 for every comparison from the measured sd."""
