@@ -42,7 +42,7 @@ from isopo_bench.plugin_settings import resolved_run, run_algorithm_setup
 from isopo_bench.plugins import ADVANTAGES, ALGORITHMS, ENGINES, TASKS
 from isopo_bench.preflight import check_task_data
 from isopo_bench.rollout.api import Rollout, SamplingSettings
-from isopo_bench.rollout.mismatch import mismatch_metrics
+from isopo_bench.rollout.mismatch import microbatch_mismatch
 from isopo_bench.rollout_correction import BypassGuard, correction_weights
 from isopo_bench.run_lock import holding_run
 from isopo_bench.run_store import RunStore, run_dir_for
@@ -327,7 +327,7 @@ class Trainer:
                     sums.add_mean(self.diagnostics.finish(self.model, pending) if self.diagnostics else {})
         metrics = UpdateMetrics.merge(self.ranks.gather(sums)).result()
         metrics[M.LR] = self.scheduler.get_last_lr()[0]
-        metrics |= self._mismatch(first_pass_logp)
+        metrics |= microbatch_mismatch(first_pass_logp)  # sampler vs trainer, before any update
         return metrics
 
     def _flop_floor(self, batch: TrainBatch) -> float:
@@ -364,15 +364,6 @@ class Trainer:
         return (f"{what} is {value} at step {step}; the update was not applied, the run is marked FAILED and its last "
                 f"good checkpoint in {self.run_dir} is kept. Fix: lower --optim.lr (now {self.cfg.optim.lr}), "
                 "keep --optim.grad-clip > 0, or use float32/bfloat16 instead of float16")
-
-    def _mismatch(self, pairs) -> dict[str, float]:
-        """Sampler vs trainer log-probs of the same tokens, before any update of this step."""
-        if not pairs:
-            return {}
-        sampler = torch.cat([mb.sampler_logp_BT.flatten() for mb, _ in pairs])
-        trainer = torch.cat([logp.flatten() for _, logp in pairs])
-        mask = torch.cat([mb.response_mask_BT.flatten() for mb, _ in pairs])
-        return mismatch_metrics(sampler, trainer, mask)
 
     # ----------------------------------------------------------------------------------------------
     def _evaluate(self, step: int) -> dict[str, float]:

@@ -33,3 +33,14 @@ def mismatch_metrics(sampler_logp: torch.Tensor, trainer_logp: torch.Tensor, mas
         M.MISMATCH_RATIO_MIN: float(ratio_N.min()),
     }
     return metrics
+
+
+def microbatch_mismatch(pairs) -> dict[str, float]:
+    """mismatch_metrics over (microbatch, trainer log-probs) pairs of one step, before any update: the
+    microbatch's sampler_logp_BT and response_mask_BT against the trainer's log-probs of the same tokens."""
+    if not pairs:
+        return {}
+    sampler = torch.cat([mb.sampler_logp_BT.flatten() for mb, _ in pairs])
+    trainer = torch.cat([logp.flatten() for _, logp in pairs])
+    mask = torch.cat([mb.response_mask_BT.flatten() for mb, _ in pairs])
+    return mismatch_metrics(sampler, trainer, mask)
