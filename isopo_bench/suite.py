@@ -298,7 +298,7 @@ def dry_run(suite: Suite, options: SuiteOptions) -> int:
             problems.append(str(exc))
     first = configs[0]
     model_line, params = _check_model(first)
-    grids = " + ".join(f"{len(a.lrs)} {a.optimizer} learning rates" for a in suite.optimizer_arms)
+    grids = " + ".join(arm.describe() for arm in suite.optimizer_arms)
     print(f"suite {suite.label}: {suite.description}\n{len(configs)} runs = {len(suite.algorithms)} algorithms x "
           f"({grids}) x {len(suite.seeds)} seeds")
     checks = [_check_data(first, problems), model_line, _engine_line(first)]

@@ -52,7 +52,20 @@ class OptimizerArm:
     optimizer: str
     """optim.optimizer: adamw | sgd."""
     lrs: tuple[float, ...]
-    """Learning rates tried with this optimizer; the best of each algorithm must lie inside the grid."""
+    """Learning rates tried with this optimizer by every algorithm; each one's best must lie inside its grid."""
+    extra_lrs: tuple[tuple[str, tuple[float, ...]], ...] = ()
+    """(algorithm preset, lrs) added to the shared grid for that algorithm alone, where a measured best sat
+    at the shared grid's edge (e.g. Dr.GRPO's normaliser makes its steps ~3x shorter at the same lr)."""
+
+    def lrs_for(self, algorithm: str) -> tuple[float, ...]:
+        """The grid `algorithm` runs under this optimizer: the shared one plus its own extensions."""
+        extra = [lr for name, lrs in self.extra_lrs if name == algorithm for lr in lrs]
+        return tuple(sorted({*self.lrs, *extra}))
+
+    def describe(self) -> str:
+        """`3 sgd learning rates (+1 reinforce, +1 drgrpo)` for the dry run's plan line."""
+        extras = "".join(f", +{len(lrs)} {name}" for name, lrs in self.extra_lrs)
+        return f"{len(self.lrs)} {self.optimizer} learning rates" + (f" ({extras[2:]})" if extras else "")
 
 
 @dataclass(frozen=True)
@@ -80,6 +93,13 @@ class Suite:
     needs_gpu: bool = False
     """Planned for a GPU: the runner refuses to execute it without CUDA (the dry run still works)."""
 
+    def __post_init__(self):
+        for arm in self.optimizer_arms:
+            unknown = sorted({name for name, _ in arm.extra_lrs} - set(self.algorithms))
+            if unknown:
+                raise ValueError(f"suite {self.name}: the {arm.optimizer} arm extends the lr grid of {unknown}, "
+                                 f"which the suite does not run (its algorithms: {list(self.algorithms)})")
+
     @property
     def label(self) -> str:
         return f"{self.name}@v{self.version}"
@@ -97,7 +117,7 @@ class Suite:
         for seed in self.seeds:
             for arm in self.optimizer_arms:
                 for algo in self.algorithms:
-                    for lr in arm.lrs:
+                    for lr in arm.lrs_for(algo):
                         run_name = f"{algo}-{arm.optimizer}-lr{lr:g}-s{seed}" if named_optimizer else f"{algo}-lr{lr:g}-s{seed}"
                         out.append(replace(base, algorithm=algorithm_preset(algo), seed=seed, **{
                             "optim.optimizer": arm.optimizer, "optim.lr": lr, "tracking.run_name": run_name,
@@ -188,10 +208,11 @@ for every comparison from the measured sd."""
 def _cpu() -> Suite:
     return Suite(
         name="cpu", version=1, base=cpu_tier_base(), algorithms=SEVEN_ALGORITHMS, lrs=(),
-        arms=(OptimizerArm("adamw", (5e-6, 1.2e-5, 3e-5, 7.5e-5)), OptimizerArm("sgd", (6e-4, 1.5e-3, 4e-3))),
+        arms=(OptimizerArm("adamw", (5e-6, 1.2e-5, 3e-5, 7.5e-5)),
+              OptimizerArm("sgd", (6e-4, 1.5e-3, 4e-3), extra_lrs=(("reinforce", (2.4e-4,)), ("drgrpo", (1e-2,))))),
         seeds=(0, 1, 2), warm_start=True, warm_start_settings=CPU_TIER_WARM_START, budget=CPU_BUDGET,
-        description="The CPU tier with power: 7 algorithms x (AdamW, SGD with momentum) x 3 learning rates each x "
-                    "5 seeds, on the quick suite's task and warm start.",
+        description="The CPU tier with power: 7 algorithms x (AdamW: 4 learning rates; SGD with momentum: 3, "
+                    "plus one more for REINFORCE and Dr.GRPO) x 3 seeds, on the quick suite's task and warm start.",
     )
 
 

@@ -90,3 +90,29 @@ def test_a_suite_runs_each_optimizer_over_its_own_grid():
     assert grid == {("adamw", 1e-5), ("adamw", 3e-5), ("sgd", 1e-3), ("sgd", 3e-3), ("sgd", 1e-2)}
     assert len({c.tracking.run_name for c in configs}) == len(configs) == len({c.config_hash() for c in configs})
     assert all(f"-{c.optim.optimizer}-" in c.tracking.run_name for c in configs)
+
+
+def test_an_arm_extends_the_grid_of_one_algorithm_only():
+    import dataclasses
+
+    quick = get_suite("quick")
+    sgd = OptimizerArm("sgd", (1e-3, 3e-3), extra_lrs=(("reinforce", (3e-4,)), ("grpo", (1e-2, 3e-2))))
+    suite = dataclasses.replace(quick, arms=(sgd,))
+    configs = suite.configs()
+    grids = {}
+    for c in configs:
+        grids.setdefault(c.tracking.algorithm_label, set()).add(c.optim.lr)
+    assert grids["reinforce"] == {3e-4, 1e-3, 3e-3}
+    assert grids["grpo"] == {1e-3, 3e-3, 1e-2, 3e-2}
+    assert all(grids[a] == {1e-3, 3e-3} for a in suite.algorithms if a not in ("reinforce", "grpo"))
+    assert len(configs) == len(suite.seeds) * (2 * len(suite.algorithms) + 3)
+    assert sgd.describe() == "2 sgd learning rates (+1 reinforce, +2 grpo)"
+    # an extension for an algorithm the suite does not run is a mistake in the definition: refused at once
+    with pytest.raises(ValueError, match=r"extends the lr grid of \['dapo'\]"):
+        dataclasses.replace(quick, arms=(OptimizerArm("sgd", (1e-3,), extra_lrs=(("dapo", (1e-2,)),)),))
+
+
+def test_the_cpu_suite_brackets_reinforce_and_drgrpo_under_sgd():
+    sgd = next(arm for arm in get_suite("cpu").optimizer_arms if arm.optimizer == "sgd")
+    assert min(sgd.lrs_for("reinforce")) < min(sgd.lrs) and max(sgd.lrs_for("drgrpo")) > max(sgd.lrs)
+    assert sgd.lrs_for("isopo") == sgd.lrs

@@ -58,11 +58,11 @@ def test_quick_suite_grid():
 def test_cpu_suite_grid_crosses_seven_algorithms_with_two_optimizers():
     suite = get_suite("cpu")
     configs = suite.configs()
-    assert len(configs) == 7 * (4 + 3) * 3 == len({c.config_hash() for c in configs})
+    assert len(configs) == (7 * (4 + 3) + 2) * 3 == len({c.config_hash() for c in configs})
     assert {"dapo", "drgrpo", "isopo", "isopo-interacting", "reinforce", "grpo", "cispo"} == set(suite.algorithms)
     lrs = {opt: sorted({c.optim.lr for c in configs if c.optim.optimizer == opt}) for opt in ("adamw", "sgd")}
-    assert lrs == {"adamw": [5e-6, 1.2e-5, 3e-5, 7.5e-5], "sgd": [6e-4, 1.5e-3, 4e-3]}
-    assert [c.seed for c in configs[:49]] == [0] * 49  # seed-major: an interrupted suite holds whole seeds
+    assert lrs == {"adamw": [5e-6, 1.2e-5, 3e-5, 7.5e-5], "sgd": [2.4e-4, 6e-4, 1.5e-3, 4e-3, 1e-2]}
+    assert [c.seed for c in configs[:51]] == [0] * 51  # seed-major: an interrupted suite holds whole seeds
     quick = get_suite("quick")
     assert suite.base == quick.base and suite.warm_start_settings == quick.warm_start_settings  # one tier
 
