@@ -196,10 +196,12 @@ Budget: 90 minutes of wall clock on 2 cores, resumable (rerun the command to con
 Grid: the five paper algorithms + GRPO's DAPO (clip-higher 0.28) and Dr.GRPO (token-sum / (B L_max)) settings
 = 7 algorithms, x 2 optimizers with their own lr grids (AdamW 5e-6, 1.2e-5, 3e-5, 7.5e-5 as quick; SGD with
 momentum 0.9: 6e-4, 1.5e-3, 4e-3, placed from the v2 tier, where SGD 1e-3 gained most, 3e-3 less and 3e-2
-collapsed), x 3 seeds = 147 runs. Measured 2026-12-02 on the 2-core machine: 59 min 30 s with the test suite
-running beside it for 40 minutes (~49 s of wall per run per worker); 4 seeds (~80 minutes) did not fit beside
-the rest of the work. Under AdamW every best lr was inside the grid; under SGD REINFORCE's was the lowest and
-Dr.GRPO's the highest (its normaliser shortens its steps): the SGD grid brackets 5 of 7.
+collapsed; plus 2.4e-4 for REINFORCE and 1e-2 for Dr.GRPO), x 3 seeds = 153 runs. Measured 2026-12-02 on the
+2-core machine: 59 min 30 s for the first 147 with the test suite running beside it for 40 minutes (~49 s of
+wall per run per worker), 116 s for the 6 extension runs on the quiet machine; 4 seeds (~80 minutes) did not
+fit beside the rest of the work. Every best lr is inside its grid: on the shared SGD grid REINFORCE's was the
+lowest and Dr.GRPO's the highest (its normaliser shortens its steps), hence their extra lrs, which both
+scored lower (0.415 and 0.456 against 0.474 and 0.486).
 Power: with 3 seeds the minimum detectable paired difference (80% power, two-sided 5%) is
 (t_0.975,2 + t_0.8,2) / sqrt(3) = 3.10 x the seed-to-seed sd of the difference; the leaderboard prints it
 for every comparison from the measured sd."""
