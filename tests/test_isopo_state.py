@@ -19,7 +19,7 @@ from test_isopo import (
 from isopo_bench.algorithm_api import StepContext
 from isopo_bench.batch import sequence_logprobs
 from isopo_bench.errors import ConfigError
-from isopo_bench.layerwise.ema import EmaStats
+from isopo_bench.layerwise.ema import EmaStats, MetricSums
 from isopo_bench.plugin_settings import algorithm_setup
 from isopo_bench.plugins import ALGORITHMS
 
@@ -133,6 +133,63 @@ def test_ema_stats_by_hand():
     cum.collect("x", torch.tensor([6.0]))
     cum.end_step()
     assert float(cum.ema["x"]) == pytest.approx(0.9 * 2 + 0.1 * (10 / 3))
+
+
+def test_ema_and_metric_sums_collected_lazily_are_read_at_the_step_end():
+    """Values are kept until the step ends (one reduction per key): a checkpoint taken mid-step holds them,
+    a view is copied (it would keep its whole base alive), and Python numbers need no tensor."""
+    ema = EmaStats(decay=0.5)
+    big = torch.arange(1000.0)
+    ema.collect("x", big[:2])  # a view of 1000 elements: 0 and 1
+    ema.collect("x", torch.tensor(5.0))
+    assert ema._pending["x"][0]._base is None  # the view was copied, not kept
+    state = ema.state_dict()  # mid-step: the pending values are in the checkpoint
+    assert state["sum"]["x"] == 6.0 and state["count"]["x"] == 3
+    restored = EmaStats(decay=0.5)
+    restored.load_state_dict(state)
+    restored.end_step()
+    assert float(restored.ema["x"]) == 2.0
+    ema.end_step()
+    assert float(ema.ema["x"]) == 2.0 and not ema._pending
+
+    metrics = MetricSums()
+    metrics.add("m", torch.tensor([1.0, 2.0], dtype=torch.float32))
+    metrics.add("m", 6.0)  # a Python number counts as one value
+    metrics.add("flag", 1.0)
+    metrics.add("flag", 0.0)
+    assert metrics.pop() == {"m": 3.0, "flag": 0.5}
+    assert metrics.pop() == {}
+
+
+def test_token_weighted_scale_is_the_reweighted_reinforce_gradient():
+    """The RMSNorm rule's Function against its definition (autograd through y + w_t (y_p - sg(y_p))), bit
+    for bit in one dtype, and against a float64 sum_t w_t g_t h_t when h is bfloat16 and the weight float32
+    (where the Function is the more accurate of the two)."""
+    from isopo_bench.layerwise.param_rules import TokenWeightedScale, _per_token
+
+    gen = torch.Generator().manual_seed(3)
+    for h_dtype, w_dtype in [(torch.float32, torch.float32), (torch.float64, torch.float64), (torch.bfloat16, torch.float32)]:
+        for shape in [(4, 7, 16), (4, 7, 3, 8)]:  # (B, T, d) and per-head (B, T, heads, d) as q_norm/k_norm
+            h0 = torch.randn(*shape, generator=gen).to(h_dtype)
+            w0 = torch.randn(shape[-1], generator=gen).to(w_dtype)
+            w_BT = torch.randn(4, 7, generator=gen)
+            out_dtype = torch.promote_types(h_dtype, w_dtype)
+            g = torch.randn(*shape, generator=gen).to(out_dtype)
+            h1, w1 = h0.clone().requires_grad_(), w0.clone().requires_grad_()
+            y = w1.detach() * h1
+            y_p = w1 * h1.detach()
+            (y + _per_token(w_BT, y) * (y_p - y_p.detach())).backward(g)
+            h2, w2 = h0.clone().requires_grad_(), w0.clone().requires_grad_()
+            out = TokenWeightedScale.apply(h2, w2, _per_token(w_BT, h2).to(out_dtype))
+            out.backward(g)
+            assert torch.equal(out, y) and torch.equal(h2.grad, h1.grad) and w2.grad.dtype == w_dtype
+            exact = (g.double() * _per_token(w_BT, h0).double() * h0.double()).sum_to_size(w0.shape)
+            if h_dtype == w_dtype:
+                assert torch.equal(w2.grad, w1.grad)
+            else:
+                err_new = float((w2.grad.double() - exact).abs().max() / exact.abs().max())
+                err_old = float((w1.grad.double() - exact).abs().max() / exact.abs().max())
+                assert err_new < 1e-6 and err_new <= err_old
 
 
 def ema_from(stats: dict, interacting: bool) -> dict:

@@ -44,12 +44,21 @@ class EmaStats:
         self._count: dict[str, int] = {}
         self._reduced: tuple[dict, dict] = ({}, {})
         """(sum, count) already reduced in earlier steps (cumulative mode only)."""
+        self._pending: dict[str, list[torch.Tensor]] = {}
+        """Values collected in this step, not yet summed into `_sum`."""
 
     def collect(self, key: str, values: torch.Tensor) -> None:
-        """Record the values of statistic `key` seen in this microbatch (any shape; each element counts)."""
-        values = values.detach().to(torch.float64)
-        self._sum[key] = self._sum.get(key, 0.0) + values.sum()
+        """Record the values of statistic `key` seen in this microbatch (any shape; each element counts).
+        Kept as they are until the step ends, then summed in one float64 reduction per key: a method calls
+        this once per layer and microbatch, and three tiny tensor ops per call cost more than the layer's
+        statistic on a small model."""
+        self._pending.setdefault(key, []).append(_kept(values))
         self._count[key] = self._count.get(key, 0) + values.numel()
+
+    def _fold_pending(self) -> None:
+        for key, parts in self._pending.items():
+            self._sum[key] = self._sum.get(key, 0.0) + _float64_sum(parts)
+        self._pending.clear()
 
     def value(self, key: str, current: torch.Tensor) -> torch.Tensor:
         """EMA of `key`, or `current` (the mean of this microbatch's values) before the first update."""
@@ -59,6 +68,7 @@ class EmaStats:
         return ema.to(device=current.device, dtype=current.dtype)
 
     def end_step(self, reducer: Reducer | None = None) -> None:
+        self._fold_pending()
         if reducer is not None and reducer is not no_reduction:
             self._reduce(reducer)
         for key, total in self._sum.items():
@@ -78,6 +88,7 @@ class EmaStats:
             self._count[k] = old_count.get(k, 0) + round(c)
 
     def state_dict(self) -> dict:
+        self._fold_pending()
         return {
             "ema": {k: float(v) for k, v in self.ema.items()},
             "sum": {k: float(v) for k, v in self._sum.items()},
@@ -90,23 +101,46 @@ class EmaStats:
         self._sum = {k: as_tensor(v) for k, v in state.get("sum", {}).items()}
         self._count = dict(state.get("count", {}))
         self._reduced = (dict(self._sum), dict(self._count))
+        self._pending.clear()
 
 
 class MetricSums:
-    """Means of per-layer diagnostics over one optimizer step, summed on device and read once; `pop(reducer)`
-    makes them means over all ranks' values (so a W-rank run logs what the 1-process run logs)."""
+    """Means of per-layer diagnostics over one optimizer step, kept on device and reduced once when read;
+    `pop(reducer)` makes them means over all ranks' values (so a W-rank run logs what the 1-process run logs).
+    Python numbers are summed in Python (no tensor is made for a count or a flag)."""
 
     def __init__(self):
-        self._sum: dict[str, torch.Tensor] = {}
+        self._parts: dict[str, list[torch.Tensor]] = {}
+        self._numbers: dict[str, float] = {}
         self._count: dict[str, int] = {}
 
-    def add(self, key: str, values: torch.Tensor) -> None:
-        values = values.detach().to(torch.float64)
-        self._sum[key] = self._sum.get(key, 0.0) + values.sum()
+    def add(self, key: str, values: torch.Tensor | float) -> None:
+        if isinstance(values, (int, float)):
+            self._numbers[key] = self._numbers.get(key, 0.0) + float(values)
+            self._count[key] = self._count.get(key, 0) + 1
+            return
+        self._parts.setdefault(key, []).append(_kept(values))
         self._count[key] = self._count.get(key, 0) + values.numel()
 
     def pop(self, reducer: Reducer | None = None) -> dict[str, float]:
-        pairs = _reduce_pairs({k: (float(v), float(self._count[k])) for k, v in self._sum.items()}, reducer)
-        self._sum.clear()
+        sums = {k: float(_float64_sum(parts)) for k, parts in self._parts.items()}
+        for k, v in self._numbers.items():
+            sums[k] = sums.get(k, 0.0) + v
+        pairs = _reduce_pairs({k: (v, float(self._count[k])) for k, v in sums.items()}, reducer)
+        self._parts.clear()
+        self._numbers.clear()
         self._count.clear()
         return {key: s / c for key, (s, c) in pairs.items()}
+
+
+def _kept(values: torch.Tensor) -> torch.Tensor:
+    """`values` detached, copied when it is a view of a larger tensor (which keeping it would keep alive)."""
+    values = values.detach()
+    base = values._base
+    return values.clone() if base is not None and base.numel() > values.numel() else values
+
+
+def _float64_sum(parts: list[torch.Tensor]) -> torch.Tensor:
+    """The float64 sum of every element of `parts` (tensors of any shapes on one device), in one reduction."""
+    flat = [p.reshape(-1) for p in parts]
+    return (flat[0] if len(flat) == 1 else torch.cat(flat)).to(torch.float64).sum()

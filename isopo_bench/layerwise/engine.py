@@ -135,7 +135,7 @@ class LayerwiseAlgorithm(Algorithm):
         materialised = statistics.compute_chunked(layer, session, self.needs, plan, x, a, g_chunks,
                                                   self._head.out_features, self.metric_prefix)
         w_B = self.sequence_weights(layer)
-        self.metrics.add(f"algo/{self.metric_prefix}_materialised_frac", torch.tensor(float(materialised)))
+        self.metrics.add(f"algo/{self.metric_prefix}_materialised_frac", float(materialised))
         return w_B
 
     def _weight_grad(self, session: MicrobatchSession, name: str, index: int, x: torch.Tensor,
@@ -151,7 +151,7 @@ class LayerwiseAlgorithm(Algorithm):
         layer = LayerStats(name, index, session.adv_B.to(dt), self.options.mode == "faithful", self.ema, self.metrics)
         G = statistics.compute(layer, session, needs, plan, x, a, g, prefix)
         w_B = self.sequence_weights(layer)
-        self.metrics.add(f"algo/{prefix}_materialised_frac", torch.tensor(float(G is not None)))
+        self.metrics.add(f"algo/{prefix}_materialised_frac", float(G is not None))
         with record_function(f"{prefix}/combine"):
             if G is not None:
                 return K.combine(w_B, a, g, G)

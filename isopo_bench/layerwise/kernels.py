@@ -71,10 +71,12 @@ def damped_solve_eigh(K_BB: torch.Tensor, A_B: torch.Tensor, lam: torch.Tensor) 
 
 def damped_solve(K_BB: torch.Tensor, A_B: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
     """The same A~ as lambda (K + (lambda + 1e-8) I)^-1 A, one small solve in float64 (fast mode)."""
-    K64 = K_BB.to(torch.float64)
-    eye = torch.eye(K64.shape[0], dtype=torch.float64, device=K64.device)
+    # The shift goes onto a float64 copy's diagonal in place (no identity matrix), and solve_ex skips the
+    # singularity check (K + lambda' I with lambda' > 0 is positive definite), which on CUDA is a host sync.
+    K64 = K_BB.to(torch.float64, copy=True)
     lam64 = lam.to(torch.float64)
-    sol = torch.linalg.solve(K64 + (lam64 + EPS_DAMP) * eye, A_B.to(torch.float64))
+    K64.diagonal().add_(lam64 + EPS_DAMP)
+    sol = torch.linalg.solve_ex(K64, A_B.to(torch.float64))[0]
     return (lam64 * sol).to(K_BB.dtype)
 
 
@@ -97,6 +99,8 @@ def ghost_row(a_BTI: torch.Tensor, g_BTO: torch.Tensor, j: int, a_row_TN: torch.
 def row_gram(X_BD: torch.Tensor, block: int = 1 << 16) -> torch.Tensor:
     """X X^T for a few very long rows, in column blocks (a plain (B x D)(D x B) product runs far below
     memory bandwidth on CPU)."""
+    if X_BD.shape[1] <= block:
+        return X_BD @ X_BD.T
     return sum(X_BD[:, s : s + block] @ X_BD[:, s : s + block].T for s in range(0, X_BD.shape[1], block))
 
 

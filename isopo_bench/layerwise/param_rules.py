@@ -45,6 +45,27 @@ def _per_token(w_BT: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return w_BT.to(y.dtype).view(B, T, *([1] * (y.dim() - 2)))
 
 
+class TokenWeightedScale(torch.autograd.Function):
+    """y = weight * h with the weight's gradient reweighted per token: sum_t w_t (dL/dy_t * h_t), summed to
+    the weight's shape; h's gradient is the ordinary dL/dy * weight. The same values, bit for bit, as
+    autograd's through y + w_t (y_param - sg(y_param)), in one saved product instead of four extra
+    elementwise ops and their backward (an RMSNorm per sublayer makes that count on small models)."""
+
+    @staticmethod
+    def forward(ctx, h, weight, w_tok):
+        ctx.save_for_backward(h, weight, w_tok)
+        return weight * h
+
+    @staticmethod
+    def backward(ctx, grad_y):
+        h, weight, w_tok = ctx.saved_tensors
+        grad_h = (grad_y * weight).to(h.dtype) if ctx.needs_input_grad[0] else None
+        grad_w = None
+        if ctx.needs_input_grad[1]:
+            grad_w = ((grad_y * w_tok) * h).sum_to_size(weight.shape).to(weight.dtype)
+        return grad_h, grad_w, None
+
+
 def rms_norm_forward(module: nn.Module, w_BT: torch.Tensor | None) -> Callable:
     """w_BT None: parameter detached (no gradient); else per-token weights of the parameter gradient."""
 
@@ -52,11 +73,10 @@ def rms_norm_forward(module: nn.Module, w_BT: torch.Tensor | None) -> Callable:
         if not transforms_now(module):
             return type(module).forward(module, x)
         h = _rms_normalised(module, x)
-        y = module.weight.detach() * h
         if w_BT is None:
-            return y
-        y_param = module.weight * h.detach()
-        return y + _per_token(w_BT, y) * (y_param - y_param.detach())
+            return module.weight.detach() * h
+        w_tok = _per_token(w_BT, h).to(torch.promote_types(module.weight.dtype, h.dtype))  # y's dtype
+        return TokenWeightedScale.apply(h, module.weight, w_tok)
 
     return forward
 

@@ -12,6 +12,8 @@ products, which is what decides on CPU and GPU alike for these shapes.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from isopo_bench.layerwise import kernels as K
@@ -22,6 +24,7 @@ def _bytes(dt: torch.dtype) -> int:
     return torch.finfo(dt).bits // 8
 
 
+@functools.lru_cache(maxsize=4096)  # called for every Linear of every microbatch with a handful of shapes
 def plan_layer(B: int, T: int, d_in: int, d_out: int, dt: torch.dtype, full_ntk: bool, opts: EngineOptions) -> str:
     """`materialise`, `chunked` or `ghost`. `full_ntk`: the method needs all of K (cost (B T)^2 by products)."""
     fits = B * d_out * d_in * _bytes(dt) <= opts.materialise_budget_mb * 2**20

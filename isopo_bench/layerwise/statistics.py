@@ -101,7 +101,7 @@ def _fisher_norms(stats: LayerStats, session: MicrobatchSession, x, a, g, G, pre
     """O_i = ||(<G_i, J_k>)_k||_2 / sqrt(tr F) over the layer's probe tokens k."""
     B, T = session.shape
     probes = session.probes_for(stats.index)
-    stats.metrics.add(f"algo/{prefix}_probes_mean", torch.tensor(float(probes.numel())))
+    stats.metrics.add(f"algo/{prefix}_probes_mean", float(probes.numel()))
     a_N, g_N = a.reshape(B * T, -1), g.reshape(B * T, -1)
     if stats.faithful or (G is not None and overlaps_from_G_cheaper(G, probes.numel(), B * T)):
         a_S, g_S = a_N[probes], g_N[probes]
@@ -128,7 +128,7 @@ def compute_chunked(stats: LayerStats, session: MicrobatchSession, needs: Needs,
     a_N = a.reshape(B * T, -1)
     if needs.fisher_norms:
         probes = session.probes_for(stats.index)
-        stats.metrics.add(f"algo/{prefix}_probes_mean", torch.tensor(float(probes.numel())))
+        stats.metrics.add(f"algo/{prefix}_probes_mean", float(probes.numel()))
         S = probes.numel()
         from_G = stats.faithful or (plan == "materialise" and with_G
                                     and overlaps_from_G_cheaper_at(B, d_out, a.shape[-1], S, B * T))
