@@ -1,7 +1,8 @@
 """The Streamlit dashboard against a store of real tiny training runs (2 algorithms x 2 seeds, one suite):
 every tab renders, and shows the numbers MLflow and the CLI leaderboard hold; and against a hand-written
 store (tests/_dash_store.py: 2 algorithms x 2 learning rates x 2 seeds, plus an SGD arm) whose values are
-formulas, for the per-arm curves, the accuracy-against-lr chart, the optimizer filter and the model names.
+formulas, for the per-arm curves, the accuracy-against-lr chart, the optimizer filter, the model names and
+the start-point selector (a variant of that store with a second start hash in the same group).
 Streamlit's AppTest runs the app in this process; the torch check runs it in a fresh one."""
 
 from __future__ import annotations
