@@ -58,12 +58,11 @@ def sidebar_start_point(runs: pd.DataFrame) -> tuple[pd.DataFrame, str]:
                             help="The start_hash tag of the weights every selected run started from.")
         return runs, only
     options = [*counts, _start.ALL]
-    key = "start-hash"
-    if st.session_state.get(key) not in options:  # a choice the filters no longer allow falls back to the default
-        st.session_state.pop(key, None)
     default = _start.default_start(runs)
+    # Streamlit keeps the choice while the filters leave its option list unchanged, and starts again from
+    # `index` when they change it (tests/test_dashboard.py pins both).
     chosen = st.sidebar.selectbox(
-        "Start point (start_hash)", options, index=options.index(default), key=key,
+        "Start point (start_hash)", options, index=options.index(default), key="start-hash",
         format_func=lambda h: _start.start_label(h, counts),
         help="Runs from different starting weights are never compared; this keeps the runs of one start hash, "
              "as `isopo-bench leaderboard --start-hash HASH` does.")

@@ -509,3 +509,26 @@ def test_all_start_points_of_a_mixed_group_show_the_refusal_instead_of_the_tabs(
     assert refusal.startswith("runs started from different weights cannot be compared")
     assert f"{S.START_HASH} (8 runs), {S.OTHER_START_HASH} (4 runs)" in refusal
     assert refusal.endswith("In the dashboard: pick one start point in the sidebar.")
+
+
+def test_the_start_point_choice_follows_the_filters_and_falls_back_to_the_default_when_filtered_out(
+        two_starts, monkeypatch, tmp_path):
+    """A third start hash: the other start point's grpo runs retagged, so filtering to grpo drops the choice."""
+    uri, third = copy_store(two_starts, tmp_path), "start-c3f0"
+    client = MlflowClient(uri)
+    for run in client.search_runs([e.experiment_id for e in client.search_experiments()]):
+        if (run.data.tags[M.TAG_START_HASH], run.data.tags[M.TAG_ALGORITHM]) == (S.OTHER_START_HASH, "grpo"):
+            client.set_tag(run.info.run_id, M.TAG_START_HASH, third)
+    at = run_app(uri, monkeypatch)
+    at.sidebar.selectbox(key="start-hash").set_value(S.OTHER_START_HASH).run()
+    at.sidebar.multiselect(key=f"filter-{M.LB_OPTIMIZER}").set_value(["adamw"]).run()  # keeps every run
+    selector = at.sidebar.selectbox(key="start-hash")
+    assert selector.value == S.OTHER_START_HASH and "2 runs selected" in [c.value for c in at.sidebar.caption]
+    at.sidebar.multiselect(key=f"filter-{M.LB_ALGORITHM}").set_value(["grpo"]).run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    selector = at.sidebar.selectbox(key="start-hash")  # grpo ran from START_HASH (4 runs) and the third (2)
+    assert selector.options == [f"{S.START_HASH} (4 runs)", f"{third} (2 runs)", "all 2 start points (6 runs)"]
+    assert selector.value == S.START_HASH and "4 runs selected" in [c.value for c in at.sidebar.caption]
+    board = board_by_algorithm(at)
+    assert list(board.index) == ["grpo"]
+    assert board.loc["grpo", M.LB_ACC_MEAN] == pytest.approx(mean_final(("grpo", 1e-4, "adamw"), S.START_HASH))

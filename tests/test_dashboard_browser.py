@@ -78,7 +78,7 @@ def served(uri: str, log: Path):
 def test_dashboard_renders_every_tab_and_the_per_lr_curve_selector_in_headless_chromium(tmp_path):
     """A store of 2 algorithms x 2 learning rates x 2 seeds: every tab draws without an error, and adding an arm
     that is not a default (each algorithm at its best lr) to the Curves tab's selector adds exactly its curve.
-    DASHBOARD_SCREENSHOT_TO=docs/dashboard.png copies the Curves screenshot there (the README's)."""
+    DASHBOARD_SCREENSHOT_TO=docs/dashboard.png copies the Leaderboard screenshot there (what the README shows)."""
     require_tools()
     from test_dashboard import SUITE, make_store
 
@@ -114,7 +114,7 @@ def test_dashboard_renders_every_tab_and_the_per_lr_curve_selector_in_headless_c
     for shot in (screenshot, tmp_path / "dashboard-curves.png"):
         assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 20_000
     if os.environ.get("DASHBOARD_SCREENSHOT_TO"):
-        shutil.copy(tmp_path / "dashboard-curves.png", os.environ["DASHBOARD_SCREENSHOT_TO"])
+        shutil.copy(screenshot, os.environ["DASHBOARD_SCREENSHOT_TO"])
 
 
 def test_start_point_selector_defaults_to_the_majority_and_switches_the_leaderboard_in_headless_chromium(tmp_path):

@@ -5,10 +5,11 @@
 // sidebar's start-point selector and reads the Leaderboard tab's table and bars before and after; prints what
 // it found as one JSON line.
 // Usage: [SELECT_ARM=...] [START_POINT=...] node check.js URL SCREENSHOT.png [CHROMIUM_PATH]
-// With SELECT_ARM the Curves tab after the selection is saved as SCREENSHOT-curves.png. The README's
-// docs/dashboard.png is that file for the quick suite's store (docs/dashboard.md, "Tests and the README
-// screenshot"): isopo-bench dashboard --port 8611 --tracking-uri sqlite:////abs/mlflow.db, then
-//   SELECT_ARM="isopo · lr 6e-05 · adamw" VIEWPORT=1500x1150 node check.js http://127.0.0.1:8611 /tmp/shot.png
+// With SELECT_ARM the Curves tab after the selection is saved as SCREENSHOT-curves.png, with START_POINT the
+// Leaderboard tab after the pick as SCREENSHOT-start.png. The README's docs/dashboard.png is SCREENSHOT.png
+// (the Leaderboard tab as first drawn) for the quick suite's store (docs/dashboard.md, "Tests and the README
+// screenshot"): isopo-bench dashboard --port PORT --tracking-uri sqlite:////abs/mlflow.db, then
+//   VIEWPORT=1500x1560 node check.js http://127.0.0.1:PORT /tmp/shot.png
 // playwright-core never downloads a browser; it drives the Chromium given (Debian's /usr/bin/chromium).
 const fs = require("fs");
 const os = require("os");
