@@ -146,7 +146,8 @@ def test_start_point_selector_defaults_to_the_majority_and_switches_the_leaderbo
         "before": (S.MODEL_DISPLAY, {a: (4, (final(a, 1e-4, S.START_HASH) + final(a, 1e-3, S.START_HASH)) / 2)
                                      for a in ("reinforce", "grpo")},
                    {"reinforce": final("reinforce", 1e-3, S.START_HASH), "grpo": final("grpo", 1e-4, S.START_HASH)}),
-        "after": (S.DISPLAY[S.OTHER_START_HASH], {a: (2, final(a, 1e-3, S.OTHER_START_HASH)) for a in ("reinforce", "grpo")},
+        "after": (S.DISPLAY[S.OTHER_START_HASH],
+                  {a: (2, final(a, 1e-3, S.OTHER_START_HASH)) for a in ("reinforce", "grpo")},
                   {a: final(a, 1e-3, S.OTHER_START_HASH) for a in ("reinforce", "grpo")}),
     }
     for when, (model, rows, bars) in expected.items():

@@ -65,6 +65,8 @@ async function selectArm(page, arm, screenshot, result) {
   await page.screenshot({ path: screenshot.replace(/\.png$/, "-curves.png"), fullPage: true });
 }
 
+const ERRORS = '[data-testid="stException"]:visible, [data-testid="stAlertContentError"]:visible';
+
 // The Leaderboard tab as drawn: the table's rows (st.dataframe paints a canvas; its accessible copy holds the
 // cells), the first chart's bars, the group headings and the visible error boxes.
 async function leaderboardState(page) {
@@ -73,13 +75,14 @@ async function leaderboardState(page) {
   await page.waitForTimeout(1500);
   const table = page.locator('[data-testid="stDataFrame"]:visible').first().locator("table");
   const header = await table.locator("thead th").allInnerTexts();
-  const rows = await table.locator("tbody tr").evaluateAll((trs) => trs.map((tr) => [...tr.cells].map((c) => c.innerText)));
+  const rows = await table.locator("tbody tr")
+    .evaluateAll((trs) => trs.map((tr) => [...tr.cells].map((c) => c.innerText)));
   const bars = await page.locator(".js-plotly-plot:visible").first()
     .evaluate((gd) => ({ x: Array.from(gd._fullData[0].x), y: Array.from(gd._fullData[0].y) }));
   return {
     header, rows, bars,
     headings: await page.getByRole("heading").filter({ hasText: "Leaderboard:" }).allInnerTexts(),
-    errors: await page.locator('[data-testid="stException"]:visible, [data-testid="stAlertContentError"]:visible').count(),
+    errors: await page.locator(ERRORS).count(),
   };
 }
 
