@@ -12,7 +12,8 @@ import pandas as pd
 import streamlit as st
 
 from isopo_bench import metric_names as M
-from isopo_bench.dashboards import _arms, _curves, _data, _details, _diagnostics, _leaderboard, _overhead
+from isopo_bench.dashboards import _arms, _curves, _data, _details, _diagnostics, _leaderboard, _overhead, _start
+from isopo_bench.start_check import describe_start_conflicts, select_start_hash
 
 FILTERS = {M.LB_SUITE: "Suite", M.LB_TASK: "Task", M.LB_MODEL: "Model", M.LB_ALGORITHM: "Algorithm",
            M.LB_OPTIMIZER: "Optimizer"}
@@ -43,8 +44,36 @@ def sidebar_filters(runs: pd.DataFrame) -> pd.DataFrame:
                                         format_func=lambda value, names=names: names.get(value, value))
         if chosen:
             runs = runs[runs[column].fillna("").astype(str).isin(chosen)]
-    st.sidebar.caption(f"{len(runs)} runs selected")
     return runs
+
+
+def sidebar_start_point(runs: pd.DataFrame) -> tuple[pd.DataFrame, str]:
+    """The start hash the tabs show (dashboards._start): read-only when the selection holds one, else a
+    selector (hash and run count) applied as `isopo-bench leaderboard --start-hash` is. Returns the runs
+    kept and the choice (_start.ALL keeps every run)."""
+    counts = dict(_start.start_counts(runs))
+    if len(counts) == 1:
+        only, n = next(iter(counts.items()))
+        st.sidebar.markdown(f"**Start point**: `{only}` ({n} run{'s' * (n != 1)})",
+                            help="The start_hash tag of the weights every selected run started from.")
+        return runs, only
+    options = [*counts, _start.ALL]
+    default = _start.default_start(runs)
+    # Streamlit keeps the choice while the filters leave its option list unchanged, and starts again from
+    # `index` when they change it (tests/test_dashboard.py pins both).
+    chosen = st.sidebar.selectbox(
+        "Start point (start_hash)", options, index=options.index(default), key="start-hash",
+        format_func=lambda h: _start.start_label(h, counts),
+        help="Runs from different starting weights are never compared; this keeps the runs of one start hash, "
+             "as `isopo-bench leaderboard --start-hash HASH` does.")
+    mixed = _start.mixes_starts(runs)
+    if mixed and chosen == default:
+        st.sidebar.caption(f"Default: the start hash of the most runs ({counts[default]} of {len(runs)}): a "
+                           "(suite, task, model) group here holds runs from more than one starting point.")
+    elif not mixed and chosen == _start.ALL:
+        st.sidebar.caption("Default: all; each start hash here belongs to its own (suite, task, model) group, so "
+                           "none is compared with another.")
+    return select_start_hash(runs, chosen), chosen
 
 
 def load_runs(uri: str) -> pd.DataFrame | None:
@@ -84,7 +113,14 @@ def main() -> None:
         return
     runs = sidebar_filters(_arms.with_optimizer(runs))
     if runs.empty:
+        st.sidebar.caption("0 runs selected")
         st.warning("No run matches the filters in the sidebar.")
+        return
+    runs, start = sidebar_start_point(runs)
+    st.sidebar.caption(f"{len(runs)} runs selected")
+    refusal = describe_start_conflicts(runs) if start == _start.ALL else ""
+    if refusal:  # the leaderboard's refusal, and the curves would average seeds from different weights
+        st.error(refusal.replace("\n", "  \n") + "  \nIn the dashboard: pick one start point in the sidebar.")
         return
     for tab, render in zip(st.tabs(list(TABS)), TABS.values()):
         with tab:

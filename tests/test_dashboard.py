@@ -1,7 +1,8 @@
 """The Streamlit dashboard against a store of real tiny training runs (2 algorithms x 2 seeds, one suite):
 every tab renders, and shows the numbers MLflow and the CLI leaderboard hold; and against a hand-written
 store (tests/_dash_store.py: 2 algorithms x 2 learning rates x 2 seeds, plus an SGD arm) whose values are
-formulas, for the per-arm curves, the accuracy-against-lr chart, the optimizer filter and the model names.
+formulas, for the per-arm curves, the accuracy-against-lr chart, the optimizer filter, the model names and
+the start-point selector (a variant of that store with a second start hash in the same group).
 Streamlit's AppTest runs the app in this process; the torch check runs it in a fresh one."""
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from isopo_bench.config import replace  # noqa: E402
 from isopo_bench.dashboards import _arms  # noqa: E402
 from isopo_bench.dashboard_launcher import OVERHEAD_FILE_ENV, absolute_uri, parse, streamlit_command  # noqa: E402
 from isopo_bench.presets import algorithm_preset  # noqa: E402
+from isopo_bench.start_check import select_start_hash  # noqa: E402
 
 pytestmark = pytest.mark.slow  # the store fixture trains four tiny runs (about a minute on two cores)
 APP = str(Path(__file__).resolve().parents[1] / "dashboards" / "app.py")
@@ -440,3 +442,93 @@ def test_diagnostics_are_keyed_per_arm(synthetic, monkeypatch):
     for lr in (1e-4, 1e-3):
         expected = [sum(S.kl(("grpo", lr, "adamw"), s, st) for s in (0, 1)) / 2 for st in range(1, S.STEPS + 1)]
         assert trace(kl, arm("grpo", lr))["y"] == pytest.approx(expected)
+
+
+# ------------------------------------------------------------------------------------------------
+# Two starting points of one model in one group (tests/_dash_store.OTHER_START_HASH): the sidebar keeps one.
+OTHER_START_ARMS = (("reinforce", 1e-3, "adamw"), ("grpo", 1e-3, "adamw"))
+
+
+@pytest.fixture(scope="module")
+def two_starts(tmp_path_factory) -> str:
+    """8 runs from START_HASH (2 algorithms x 2 lrs x 2 seeds), 4 from OTHER_START_HASH (lr 1e-3 only)."""
+    return S.make_synthetic_store(tmp_path_factory.mktemp("dashboard_two_starts"), other_start_arms=OTHER_START_ARMS)
+
+
+def mean_final(arm_key: tuple, start: str) -> float:
+    return sum(S.final_accuracy(arm_key, s, start) for s in (0, 1)) / 2
+
+
+def board_by_algorithm(at: AppTest) -> pd.DataFrame:
+    return at.tabs[0].dataframe[0].value.set_index(M.LB_ALGORITHM)
+
+
+def test_one_start_point_is_shown_read_only(synthetic, monkeypatch):
+    at = run_app(synthetic, monkeypatch)
+    assert f"**Start point**: `{S.START_HASH}` (10 runs)" in [m.value for m in at.sidebar.markdown]
+    assert "start-hash" not in [s.key for s in at.sidebar.selectbox]
+
+
+def test_two_start_points_default_to_the_majority_and_picking_the_other_changes_every_tab(two_starts, monkeypatch):
+    at = run_app(two_starts, monkeypatch)
+    selector = at.sidebar.selectbox(key="start-hash")
+    assert selector.options == [f"{S.START_HASH} (8 runs)", f"{S.OTHER_START_HASH} (4 runs)",
+                                "all 2 start points (12 runs)"]
+    assert selector.value == S.START_HASH
+    captions = [c.value for c in at.sidebar.caption]
+    assert "8 runs selected" in captions and any(c.startswith("Default: the start hash of the most runs (8 of 12)")
+                                                 for c in captions)
+    board = board_by_algorithm(at)  # numbers, not the refusal: reinforce best at 1e-3, grpo at 1e-4 (_dash_store)
+    for algorithm, best_lr in (("reinforce", 1e-3), ("grpo", 1e-4)):
+        assert board.loc[algorithm, M.LB_ACC_MEAN] == pytest.approx(mean_final((algorithm, best_lr, "adamw"), S.START_HASH))
+    assert set(board[M.LB_MODEL]) == {S.MODEL_DISPLAY}
+
+    selector.set_value(S.OTHER_START_HASH).run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    assert "4 runs selected" in [c.value for c in at.sidebar.caption]
+    board = board_by_algorithm(at)  # the other start point ran lr 1e-3 only, START_SHIFT higher
+    for algorithm in ("reinforce", "grpo"):
+        arm_key = (algorithm, 1e-3, "adamw")
+        assert board.loc[algorithm, M.LB_ACC_MEAN] == pytest.approx(mean_final(arm_key, S.OTHER_START_HASH))
+        assert board.loc[algorithm, M.LB_BEST_LR] == pytest.approx(1e-3)
+    assert set(board[M.LB_MODEL]) == {S.DISPLAY[S.OTHER_START_HASH]}
+    cli = lb.leaderboard(select_start_hash(lb.load_runs(two_starts), S.OTHER_START_HASH)).set_index(M.LB_ALGORITHM)
+    assert board[M.LB_ACC_MEAN].to_dict() == pytest.approx(cli[M.LB_ACC_MEAN].to_dict())  # as --start-hash does
+    assert at.tabs[1].multiselect(key="curve_arms").options == [arm("grpo", 1e-3), arm("reinforce", 1e-3)]
+    reward = chart_by_ytitle(at.tabs[1], "mean training reward (0-1)")  # the arm kept from before, its new seeds
+    assert trace(reward, arm("reinforce", 1e-3))["y"] == pytest.approx(
+        [sum(S.reward(("reinforce", 1e-3, "adamw"), s, step, S.OTHER_START_HASH) for s in (0, 1)) / 2
+         for step in range(1, S.STEPS + 1)])
+
+
+def test_all_start_points_of_a_mixed_group_show_the_refusal_instead_of_the_tabs(two_starts, monkeypatch):
+    at = run_app(two_starts, monkeypatch)
+    at.sidebar.selectbox(key="start-hash").set_value("").run()
+    assert not at.exception and not at.tabs
+    (refusal,) = [e.value for e in at.error]
+    assert refusal.startswith("runs started from different weights cannot be compared")
+    assert f"{S.START_HASH} (8 runs), {S.OTHER_START_HASH} (4 runs)" in refusal
+    assert refusal.endswith("In the dashboard: pick one start point in the sidebar.")
+
+
+def test_the_start_point_choice_follows_the_filters_and_falls_back_to_the_default_when_filtered_out(
+        two_starts, monkeypatch, tmp_path):
+    """A third start hash: the other start point's grpo runs retagged, so filtering to grpo drops the choice."""
+    uri, third = copy_store(two_starts, tmp_path), "start-c3f0"
+    client = MlflowClient(uri)
+    for run in client.search_runs([e.experiment_id for e in client.search_experiments()]):
+        if (run.data.tags[M.TAG_START_HASH], run.data.tags[M.TAG_ALGORITHM]) == (S.OTHER_START_HASH, "grpo"):
+            client.set_tag(run.info.run_id, M.TAG_START_HASH, third)
+    at = run_app(uri, monkeypatch)
+    at.sidebar.selectbox(key="start-hash").set_value(S.OTHER_START_HASH).run()
+    at.sidebar.multiselect(key=f"filter-{M.LB_OPTIMIZER}").set_value(["adamw"]).run()  # keeps every run
+    selector = at.sidebar.selectbox(key="start-hash")
+    assert selector.value == S.OTHER_START_HASH and "2 runs selected" in [c.value for c in at.sidebar.caption]
+    at.sidebar.multiselect(key=f"filter-{M.LB_ALGORITHM}").set_value(["grpo"]).run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    selector = at.sidebar.selectbox(key="start-hash")  # grpo ran from START_HASH (4 runs) and the third (2)
+    assert selector.options == [f"{S.START_HASH} (4 runs)", f"{third} (2 runs)", "all 2 start points (6 runs)"]
+    assert selector.value == S.START_HASH and "4 runs selected" in [c.value for c in at.sidebar.caption]
+    board = board_by_algorithm(at)
+    assert list(board.index) == ["grpo"]
+    assert board.loc["grpo", M.LB_ACC_MEAN] == pytest.approx(mean_final(("grpo", 1e-4, "adamw"), S.START_HASH))

@@ -1,6 +1,6 @@
 """The dashboard's comparison rules on hand-made frames (no MLflow, no app): arm keys and labels, readable
 model names, per-run smoothing and seed bands against hand-computed values, the never-across-lr rule,
-grid-edge notes, and the accuracy-against-lr figure."""
+grid-edge notes, the accuracy-against-lr figure, and the default start point."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ import pytest
 pytest.importorskip("plotly", reason="the dashboard extra is not installed: pip install 'isopo-bench[dashboard]'")
 
 from isopo_bench import metric_names as M  # noqa: E402
-from isopo_bench.dashboards import _arms, _charts  # noqa: E402
+from isopo_bench.dashboards import _arms, _charts, _start  # noqa: E402
+from isopo_bench.start_check import select_start_hash  # noqa: E402
 
 ARM = _arms.ARM
 
@@ -164,3 +165,35 @@ def test_accuracy_against_lr_figure_lines_error_bars_and_initial_line():
     assert fig.layout.xaxis.type == "log"
     (initial,) = fig.layout.shapes
     assert (initial.y0, initial.y1) == (0.25, 0.25)
+
+
+# ------------------------------------------------------------------------------------------------
+# The start point the dashboard shows (dashboards._start)
+def starts_frame(hashes_by_model: dict[str, list[str]]) -> pd.DataFrame:
+    """One run per listed start hash (None: recorded without the tag), per model."""
+    return runs_frame([{M.LB_MODEL: model, M.LB_START_HASH: h} for model, hashes in hashes_by_model.items()
+                       for h in hashes])
+
+
+def test_start_counts_most_runs_first_ties_in_hash_order_and_untagged_runs_as_unknown():
+    runs = starts_frame({"m": ["content:bb", "content:aa", "content:bb", None, "", "content:cc"]})
+    assert _start.start_counts(runs) == [("content:bb", 2), ("unknown", 2), ("content:aa", 1), ("content:cc", 1)]
+
+
+def test_default_start_is_the_majority_hash_only_where_a_group_mixes_start_points():
+    mixed = starts_frame({"m": ["content:bb", "content:aa", "content:aa"]})
+    assert _start.mixes_starts(mixed) and _start.default_start(mixed) == "content:aa"
+    tie = starts_frame({"m": ["content:bb", "content:aa"]})
+    assert _start.default_start(tie) == "content:aa"
+    # two models, one start point each: nothing is compared across them, so nothing is hidden by default
+    apart = starts_frame({"m1": ["content:aa"] * 3, "m2": ["content:bb"]})
+    assert not _start.mixes_starts(apart) and _start.default_start(apart) == _start.ALL
+    # ALL keeps every run: select_start_hash's empty choice, the CLI without --start-hash
+    assert select_start_hash(apart, _start.ALL).equals(apart)
+
+
+def test_start_labels_give_the_hash_and_its_run_count():
+    counts = {"content:9ac4527b7ea3d5bf": 45, "unknown": 1}
+    assert _start.start_label("content:9ac4527b7ea3d5bf", counts) == "content:9ac4527b7ea3d5bf (45 runs)"
+    assert _start.start_label("unknown", counts) == "unknown (no start_hash tag) (1 run)"
+    assert _start.start_label(_start.ALL, counts) == "all 2 start points (46 runs)"

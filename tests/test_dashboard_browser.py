@@ -78,7 +78,7 @@ def served(uri: str, log: Path):
 def test_dashboard_renders_every_tab_and_the_per_lr_curve_selector_in_headless_chromium(tmp_path):
     """A store of 2 algorithms x 2 learning rates x 2 seeds: every tab draws without an error, and adding an arm
     that is not a default (each algorithm at its best lr) to the Curves tab's selector adds exactly its curve.
-    DASHBOARD_SCREENSHOT_TO=docs/dashboard.png copies the Curves screenshot there (the README's)."""
+    DASHBOARD_SCREENSHOT_TO=docs/dashboard.png copies the Leaderboard screenshot there (what the README shows)."""
     require_tools()
     from test_dashboard import SUITE, make_store
 
@@ -114,4 +114,49 @@ def test_dashboard_renders_every_tab_and_the_per_lr_curve_selector_in_headless_c
     for shot in (screenshot, tmp_path / "dashboard-curves.png"):
         assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 20_000
     if os.environ.get("DASHBOARD_SCREENSHOT_TO"):
-        shutil.copy(tmp_path / "dashboard-curves.png", os.environ["DASHBOARD_SCREENSHOT_TO"])
+        shutil.copy(screenshot, os.environ["DASHBOARD_SCREENSHOT_TO"])
+
+
+def test_start_point_selector_defaults_to_the_majority_and_switches_the_leaderboard_in_headless_chromium(tmp_path):
+    """The hand-written store with two start hashes in one group (tests/_dash_store: 8 runs from START_HASH,
+    4 from OTHER_START_HASH at lr 1e-3): the sidebar's selector starts on the majority hash and the Leaderboard
+    tab draws numbers for it (not the refusal); picking the other hash redraws the table and the bars."""
+    require_tools()
+    import _dash_store as S
+    from test_dashboard import OTHER_START_ARMS
+
+    from isopo_bench import metric_names as M
+
+    uri = S.make_synthetic_store(tmp_path, other_start_arms=OTHER_START_ARMS)
+    with served(uri, tmp_path / "server.log") as url:
+        out = subprocess.run(["node", "check.js", url, str(tmp_path / "shot.png"), CHROMIUM], cwd=BROWSER_TEST,
+                             capture_output=True, text=True, timeout=400,
+                             env=os.environ | {"START_POINT": f"{S.OTHER_START_HASH} (4 runs)"})
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["exceptions_per_tab"] == dict.fromkeys(result["tabs"], 0)
+    assert (result["start_point_before"], result["start_point_after"]) == (f"{S.START_HASH} (8 runs)",
+                                                                           f"{S.OTHER_START_HASH} (4 runs)")
+
+    def final(algorithm: str, lr: float, start: str) -> float:
+        return sum(S.final_accuracy((algorithm, lr, "adamw"), s, start) for s in (0, 1)) / 2
+
+    # (model shown, runs finished, mean over lrs of the mean final accuracy, bar: the best lr's) per algorithm
+    expected = {
+        "before": (S.MODEL_DISPLAY, {a: (4, (final(a, 1e-4, S.START_HASH) + final(a, 1e-3, S.START_HASH)) / 2)
+                                     for a in ("reinforce", "grpo")},
+                   {"reinforce": final("reinforce", 1e-3, S.START_HASH), "grpo": final("grpo", 1e-4, S.START_HASH)}),
+        "after": (S.DISPLAY[S.OTHER_START_HASH],
+                  {a: (2, final(a, 1e-3, S.OTHER_START_HASH)) for a in ("reinforce", "grpo")},
+                  {a: final(a, 1e-3, S.OTHER_START_HASH) for a in ("reinforce", "grpo")}),
+    }
+    for when, (model, rows, bars) in expected.items():
+        drawn = result[f"leaderboard_{when}"]
+        assert drawn["errors"] == 0 and drawn["headings"] == [
+            f"Leaderboard: suite {S.SUITE}, task {S.TASK}, model {model}"]
+        table = {r[M.LB_ALGORITHM]: r for r in (dict(zip(drawn["header"], row)) for row in drawn["rows"])}
+        assert {r[M.LB_MODEL] for r in table.values()} == {model} and set(table) == set(rows)
+        for algorithm, (finished, mean_over_lrs) in rows.items():
+            assert int(table[algorithm][M.LB_N_FINISHED]) == finished
+            assert float(table[algorithm][M.LB_ROBUST_MEAN]) == pytest.approx(mean_over_lrs)
+        assert dict(zip(drawn["bars"]["x"], drawn["bars"]["y"])) == pytest.approx(bars)

@@ -1,12 +1,15 @@
 // Loads a served dashboard in the system's headless Chromium, checks that the leaderboard table and a
 // plotly chart rendered, saves a full-page screenshot, opens every tab (counting its charts and errors),
 // and with SELECT_ARM="algorithm · lr · optimizer" adds that arm in the Curves tab's arm selector and
-// reads the curves' legends before and after; prints what it found as one JSON line.
-// Usage: [SELECT_ARM=...] node check.js URL SCREENSHOT.png [CHROMIUM_PATH]
-// With SELECT_ARM the Curves tab after the selection is saved as SCREENSHOT-curves.png. The README's
-// docs/dashboard.png is that file for the quick suite's store (docs/dashboard.md, "Tests and the README
-// screenshot"): isopo-bench dashboard --port 8611 --tracking-uri sqlite:////abs/mlflow.db, then
-//   SELECT_ARM="isopo · lr 6e-05 · adamw" VIEWPORT=1500x1150 node check.js http://127.0.0.1:8611 /tmp/shot.png
+// reads the curves' legends before and after; with START_POINT="hash (n runs)" picks that option in the
+// sidebar's start-point selector and reads the Leaderboard tab's table and bars before and after; prints what
+// it found as one JSON line.
+// Usage: [SELECT_ARM=...] [START_POINT=...] node check.js URL SCREENSHOT.png [CHROMIUM_PATH]
+// With SELECT_ARM the Curves tab after the selection is saved as SCREENSHOT-curves.png, with START_POINT the
+// Leaderboard tab after the pick as SCREENSHOT-start.png. The README's docs/dashboard.png is SCREENSHOT.png
+// (the Leaderboard tab as first drawn) for the quick suite's store (docs/dashboard.md, "Tests and the README
+// screenshot"): isopo-bench dashboard --port PORT --tracking-uri sqlite:////abs/mlflow.db, then
+//   VIEWPORT=1500x1560 node check.js http://127.0.0.1:PORT /tmp/shot.png
 // playwright-core never downloads a browser; it drives the Chromium given (Debian's /usr/bin/chromium).
 const fs = require("fs");
 const os = require("os");
@@ -62,6 +65,42 @@ async function selectArm(page, arm, screenshot, result) {
   await page.screenshot({ path: screenshot.replace(/\.png$/, "-curves.png"), fullPage: true });
 }
 
+const ERRORS = '[data-testid="stException"]:visible, [data-testid="stAlertContentError"]:visible';
+
+// The Leaderboard tab as drawn: the table's rows (st.dataframe paints a canvas; its accessible copy holds the
+// cells), the first chart's bars, the group headings and the visible error boxes.
+async function leaderboardState(page) {
+  await page.getByRole("tab", { name: "Leaderboard" }).click();
+  await page.locator('[data-testid="stDataFrame"]:visible').first().waitFor({ timeout: TIMEOUT_MS });
+  await page.waitForTimeout(1500);
+  const table = page.locator('[data-testid="stDataFrame"]:visible').first().locator("table");
+  const header = await table.locator("thead th").allInnerTexts();
+  const rows = await table.locator("tbody tr")
+    .evaluateAll((trs) => trs.map((tr) => [...tr.cells].map((c) => c.innerText)));
+  const bars = await page.locator(".js-plotly-plot:visible").first()
+    .evaluate((gd) => ({ x: Array.from(gd._fullData[0].x), y: Array.from(gd._fullData[0].y) }));
+  return {
+    header, rows, bars,
+    headings: await page.getByRole("heading").filter({ hasText: "Leaderboard:" }).allInnerTexts(),
+    errors: await page.locator(ERRORS).count(),
+  };
+}
+
+// The sidebar's start-point selector (a combobox labelled "Start point"): its value, then pick `option`.
+async function selectStartPoint(page, option, screenshot, result) {
+  const input = page.locator('[data-testid="stSidebar"] [data-testid="stSelectbox"]')
+    .filter({ hasText: "Start point" }).locator("input");
+  result.start_point_before = await input.inputValue();
+  result.leaderboard_before = await leaderboardState(page);
+  await input.click();
+  await page.getByRole("option", { name: option, exact: true }).click();
+  await page.waitForTimeout(500);
+  await idle(page);
+  result.start_point_after = await input.inputValue();
+  result.leaderboard_after = await leaderboardState(page);
+  await page.screenshot({ path: screenshot.replace(/\.png$/, "-start.png"), fullPage: true });
+}
+
 async function main() {
   const profile = fs.mkdtempSync(path.join(os.tmpdir(), "isopo-chromium-"));  // a fresh --user-data-dir
   const context = await chromium.launchPersistentContext(profile, {
@@ -85,6 +124,7 @@ async function main() {
     await page.screenshot({ path: screenshot, fullPage: true });
     await visitTabs(page, screenshot, result);
     if (process.env.SELECT_ARM) await selectArm(page, process.env.SELECT_ARM, screenshot, result);
+    if (process.env.START_POINT) await selectStartPoint(page, process.env.START_POINT, screenshot, result);
     console.log(JSON.stringify(result));
   } finally {
     await context.close();
