@@ -14,10 +14,12 @@ Per-sequence weight-gradient rules (the layer-wise engine: ISOPO, npg_rank1, seq
 instance `forward` is a `HeadRule` also takes the chunked path. Its backward then runs over vocabulary
 chunks instead of rows: pass 1 hands the rule d loss / d logits on columns [v, v + c) of every position
 (`vocab_chunk_grads`, recomputed from h, W and the forward's logsumexp), from which it forms the head's
-per-sequence statistics (each one a sum over output rows) and returns the per-sequence weights w_B; pass 2
-recomputes the chunks and writes rows [v, v + c) of the weight gradient sum_t w_seq(t) g_t h_t^T and the
-ordinary input gradient. At most one N x c (and B x T x c) slice of logits exists at a time; the price is
-two more head matmuls than the full path (logits recomputed in both passes).
+per-sequence statistics (each one a sum over output rows) and returns the per-sequence weights w_B, while the
+ordinary input gradient is accumulated from the same chunks; pass 2 recomputes the chunks and writes rows
+[v, v + c) of the weight gradient sum_t w_seq(t) g_t h_t^T. A rule that kept its per-sequence gradients
+G_i (B x V x d within its memory budget; interacting ISOPO at moderate vocabularies) returns sum_i w_i G_i
+itself (`kept_weight_grad`) and pass 2 does not run. At most one N x c (and B x T x c) slice of logits exists
+at a time; the price is one more head matmul than the full path per pass (logits recomputed).
 
 Where it applies (`applies`): a plain HF causal LM whose output embedding is an nn.Linear with no instance
 `forward` override other than a HeadRule, no module hooks on the head or the model (their
@@ -84,6 +86,11 @@ class HeadRule:
     def sequence_weights(self, hidden_BTd: torch.Tensor,
                          g_chunks: Callable[[], Iterator[torch.Tensor]]) -> torch.Tensor:
         raise NotImplementedError
+
+    def kept_weight_grad(self) -> torch.Tensor | None:
+        """sum_i w_i G_i (V, d) when the rule kept the head's per-sequence gradients while it formed its
+        statistics (then the backward's second pass over the vocabulary does not run), else None."""
+        return None
 
 
 def _head_rule(head: torch.nn.Module) -> HeadRule | None:
@@ -218,37 +225,57 @@ def vocab_chunk_grads(h_Nd, weight, bias, targets_N, lse_N, grad_logp_N, tempera
 
 
 def _rule_backward(ctx, h_Nd, weight, bias, targets_N, lse, grad_logp):
-    """Two passes over vocabulary chunks: the rule's statistics and weights w_B, then the weight gradient
-    sum_t w_seq(t) g_t h_t^T (the per-token weight on the narrower input side, as the engine's combine)
-    and the ordinary input gradient. Linear biases get a zero gradient under a rule (the engine's convention)."""
+    """The rule's pass over vocabulary chunks: its statistics and weights w_B, with the ordinary input
+    gradient accumulated on the way (it does not depend on w). Then the weight gradient sum_t w_seq(t) g_t
+    h_t^T: the rule's own when it kept its per-sequence gradients, else a second pass that recomputes the
+    chunks (the per-token weight on the narrower input side, as the engine's combine). Linear biases get a
+    zero gradient under a rule (the engine's convention)."""
     inputs: RuleInputs = ctx.rule_inputs
     rows_BT, model_dt = inputs.rows_BT, h_Nd.dtype
     B, T = rows_BT.shape
     cols = vocab_cols(max(B * T, B * weight.shape[1]))
+    acc_dt = torch.float64 if model_dt == torch.float64 else torch.float32
+    grad_h = torch.zeros(h_Nd.shape, dtype=acc_dt, device=h_Nd.device) if ctx.needs_input_grad[0] else None
+    progress = {"calls": 0, "grad_h_done": False}
 
     def chunks() -> Iterator[tuple[int, torch.Tensor]]:
         return vocab_chunk_grads(h_Nd, weight, bias, targets_N, lse, grad_logp, ctx.temperature, cols)
 
+    def input_grad_part(v: int, g_Nc: torch.Tensor) -> None:
+        gl = g_Nc.to(model_dt)
+        grad_h.add_((gl @ weight[v : v + gl.shape[1]].to(model_dt)).to(acc_dt))
+
     def grids() -> Iterator[torch.Tensor]:
-        for _, g_Nc in chunks():
+        progress["calls"] += 1
+        first = progress["calls"] == 1
+        for v, g_Nc in chunks():
+            if first and grad_h is not None:
+                input_grad_part(v, g_Nc)
             # Rounded through the model dtype, as the full path's output gradient is.
             g_BTc = g_Nc.new_zeros(B, T, g_Nc.shape[1])
             g_BTc[rows_BT] = g_Nc.to(model_dt).to(g_Nc.dtype)
             yield g_BTc
+        progress["grad_h_done"] = first  # only a first iteration run to its end holds every chunk's part
 
     w_B = inputs.rule.sequence_weights(inputs.hidden_BTd, grids)
-    seq_N = rows_BT.nonzero()[:, 0]
-    hw_Nd = h_Nd * w_B.to(model_dt)[seq_N][:, None]
-    acc_dt = torch.float64 if model_dt == torch.float64 else torch.float32
-    grad_h = torch.zeros(h_Nd.shape, dtype=acc_dt, device=h_Nd.device) if ctx.needs_input_grad[0] else None
-    grad_w = torch.empty_like(weight)
-    with torch.no_grad():
-        for v, g_Nc in chunks():
-            gl = g_Nc.to(model_dt)
-            del g_Nc
-            if grad_h is not None:
-                grad_h.add_((gl @ weight[v : v + gl.shape[1]].to(model_dt)).to(acc_dt))
-            grad_w[v : v + gl.shape[1]] = (gl.T @ hw_Nd).to(weight.dtype)
+    kept = inputs.rule.kept_weight_grad()
+    grad_w = None if kept is None else kept.to(weight.dtype)
+    redo_grad_h = grad_h is not None and not progress["grad_h_done"]
+    if redo_grad_h:
+        grad_h.zero_()
+    if grad_w is None or redo_grad_h:
+        seq_N = rows_BT.nonzero()[:, 0]
+        hw_Nd = h_Nd * w_B.to(model_dt)[seq_N][:, None]
+        fill_w = grad_w is None
+        if fill_w:
+            grad_w = torch.empty_like(weight)
+        with torch.no_grad():
+            for v, g_Nc in chunks():
+                if redo_grad_h:
+                    input_grad_part(v, g_Nc)
+                if fill_w:
+                    grad_w[v : v + g_Nc.shape[1]] = (g_Nc.to(model_dt).T @ hw_Nd).to(weight.dtype)
+                del g_Nc
     grad_b = torch.zeros_like(bias) if bias is not None and ctx.needs_input_grad[2] else None
     return (None if grad_h is None else grad_h.to(model_dt), grad_w, grad_b, None, None, None, None, None)
 

@@ -31,6 +31,7 @@ VARIANTS = {
     "isopo-chunked-plan": run_cfg("isopo", fast_plan="materialise", materialise_budget_mb=0, p=1.0, r=0.5),
     "isopo-interacting": run_cfg("isopo-interacting"),
     "isopo-interacting-faithful": run_cfg("isopo-interacting", mode="faithful"),
+    "isopo-interacting-over-budget": run_cfg("isopo-interacting", materialise_budget_mb=0),
     "npg-one-ghost": AlgorithmConfig(name="npg_rank1", settings=NpgSettings(fisher="one", fast_plan="ghost")),
     "npg-one-materialise": AlgorithmConfig(name="npg_rank1", settings=NpgSettings(fisher="one", fast_plan="materialise")),
     "npg-own": AlgorithmConfig(name="npg_rank1", settings=NpgSettings(fisher="own")),
@@ -110,6 +111,21 @@ def test_chunked_head_equals_bruteforce(variant, interacting, several_chunks):
     g, _, calls = step(cfg, model, mb, "chunked")
     assert calls == 1
     assert_grads_close(g, brute_grads(model, cfg, [mb], interacting=interacting))
+
+
+@pytest.mark.parametrize("variant,passes", [("isopo-interacting", 1), ("isopo-interacting-faithful", 1),
+                                            ("isopo-interacting-over-budget", 2), ("isopo", 2),
+                                            ("npg-one-materialise", 1), ("npg-one-ghost", 2)])
+def test_a_rule_that_kept_its_per_sequence_gradients_skips_the_second_pass(variant, passes, several_chunks, monkeypatch):
+    """Where the head's G_i fit the budget and the statistics formed them, the weight gradient is their
+    B-term sum and the vocabulary is swept once (logits recomputed once, not twice); otherwise twice. The
+    gradients are the full path's either way (the tests above)."""
+    sweeps = []
+    real = C.vocab_chunk_grads
+    monkeypatch.setattr(C, "vocab_chunk_grads", lambda *a, **k: sweeps.append(1) or real(*a, **k))
+    model, mb = model_and_batch(torch.float64, True, "right")
+    _, _, calls = step(VARIANTS[variant], model, mb, "chunked")
+    assert calls == 1 and len(sweeps) == passes
 
 
 def test_npg_rank1_model_takes_the_chunked_head():

@@ -102,7 +102,8 @@ class LayerwiseAlgorithm(Algorithm):
         for i, (name, module) in enumerate(self._params.linears.items()):
             forward = linear_forward(module, functools.partial(self._weight_grad, session, name, i))
             if module is self._head:  # the chunked LM head (isopo_bench.chunked_logprobs) reads its rule
-                forward = HeadForward(module, forward, functools.partial(self._head_weights, session, name, i))
+                forward = HeadForward(module, forward, functools.partial(self._head_weights, session, name, i),
+                                      session)
             overrides[module] = forward
         overrides |= self._params.other_overrides(session.adv_B, session.shape[1])
         try:
@@ -130,12 +131,20 @@ class LayerwiseAlgorithm(Algorithm):
         B, T = session.shape
         dt = stats_dtype(x.dtype)
         _, a = session.masked_input(x, dt)
-        plan = plan_layer(B, T, x.shape[-1], self._head.out_features, dt, self.needs.ntk, self.options)
+        V, d = self._head.out_features, x.shape[-1]
+        plan = plan_layer(B, T, d, V, dt, self.needs.ntk, self.options)
         layer = LayerStats(name, index, session.adv_B.to(dt), self.options.mode == "faithful", self.ema, self.metrics)
-        materialised = statistics.compute_chunked(layer, session, self.needs, plan, x, a, g_chunks,
-                                                  self._head.out_features, self.metric_prefix)
+        # Keeping every chunk's G_i (within the budget the full path's plan allows) makes the head's weight
+        # gradient a B-term sum here and spares the chunked head a second pass (logits and a matmul).
+        fits = B * V * d * torch.finfo(dt).bits // 8 <= self.options.materialise_budget_mb * 2**20
+        kept: list[torch.Tensor] | None = [] if plan == "materialise" and fits else None
+        materialised = statistics.compute_chunked(layer, session, self.needs, plan, x, a, g_chunks, V,
+                                                  self.metric_prefix, keep=kept)
         w_B = self.sequence_weights(layer)
         self.metrics.add(f"algo/{self.metric_prefix}_materialised_frac", float(materialised))
+        if kept:
+            with record_function(f"{self.metric_prefix}/combine"):
+                session.kept_head_grad = torch.cat([K.combine(w_B, a, None, G) for G in kept])
         return w_B
 
     def _weight_grad(self, session: MicrobatchSession, name: str, index: int, x: torch.Tensor,
@@ -178,8 +187,8 @@ class HeadForward(HeadRule):
     """The LM head's override: the layer-wise Linear forward on the full path, and the per-sequence
     weights of the chunked head's backward (isopo_bench.chunked_logprobs.HeadRule)."""
 
-    def __init__(self, module: torch.nn.Module, forward, weights):
-        self.module, self._forward, self._weights = module, forward, weights
+    def __init__(self, module: torch.nn.Module, forward, weights, session: MicrobatchSession):
+        self.module, self._forward, self._weights, self._session = module, forward, weights, session
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return self._forward(x)
@@ -189,6 +198,10 @@ class HeadForward(HeadRule):
 
     def sequence_weights(self, hidden_BTd: torch.Tensor, g_chunks) -> torch.Tensor:
         return self._weights(hidden_BTd, g_chunks)
+
+    def kept_weight_grad(self) -> torch.Tensor | None:
+        grad, self._session.kept_head_grad = self._session.kept_head_grad, None
+        return grad
 
 
 def _names(names: list[str]) -> str:

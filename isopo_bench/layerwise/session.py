@@ -34,6 +34,8 @@ class MicrobatchSession:
         self._shared_probes: torch.Tensor | None = None
         self._workspace: torch.Tensor | None = None
         self._cache: OrderedDict = OrderedDict()
+        self.kept_head_grad: torch.Tensor | None = None
+        """The chunked LM head's sum_i w_i G_i when its statistics kept G_i (engine._head_weights)."""
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -93,3 +95,4 @@ class MicrobatchSession:
         self.open = False
         self._cache.clear()
         self._workspace = None
+        self.kept_head_grad = None

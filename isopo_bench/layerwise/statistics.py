@@ -118,10 +118,12 @@ def _fisher_norms(stats: LayerStats, session: MicrobatchSession, x, a, g, G, pre
 
 
 def compute_chunked(stats: LayerStats, session: MicrobatchSession, needs: Needs, plan: str, x: torch.Tensor,
-                    a: torch.Tensor, g_chunks, d_out: int, prefix: str) -> bool:
+                    a: torch.Tensor, g_chunks, d_out: int, prefix: str,
+                    keep: list[torch.Tensor] | None = None) -> bool:
     """`compute` with the output gradient as chunks g_c (B, T, c) of its d_out columns, re-iterable
-    (`g_chunks()`, each call recomputing them). G_i is formed per chunk (B x c x d_in, never whole) where
-    `compute` would keep it; returns whether it would have (the materialised-fraction metric)."""
+    (`g_chunks()`, each call recomputing them). G_i is formed per chunk (B x c x d_in) where `compute` would
+    keep it; returns whether it would have (the materialised-fraction metric). With `keep` (a list) and
+    such a plan, every chunk's G_i is appended to it instead of being overwritten by the next."""
     B, T = session.shape
     with_G = plan == "materialise" and (needs.euclid_norms or needs.ntk or needs.ntk_row or stats.faithful)
     with_G = with_G or (plan == "chunked" and (needs.euclid_norms or needs.ntk or needs.ntk_row))
@@ -145,7 +147,12 @@ def compute_chunked(stats: LayerStats, session: MicrobatchSession, needs: Needs,
     sq_norm = ntk = row = overlaps = g_sq_S = 0
     with record_function(f"{prefix}/head_chunks"):
         for g in g_chunks():
-            G = K.seq_grads(a, g, out=session.workspace((B, g.shape[-1], a.shape[-1]), a)) if with_G else None
+            G = None
+            if with_G:
+                out = None if keep is not None else session.workspace((B, g.shape[-1], a.shape[-1]), a)
+                G = K.seq_grads(a, g, out=out)
+                if keep is not None:
+                    keep.append(G)
             if needs.euclid_norms:
                 sq_norm = sq_norm + (G.pow(2).sum(dim=(1, 2)) if G is not None else K.ghost_sq_norms(a, g, gram_a))
             if needs.ntk:
