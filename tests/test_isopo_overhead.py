@@ -33,3 +33,17 @@ def test_cli_prints_the_table(capsys, monkeypatch):
     assert main(["--suite", "tiny", "--repeats", "1", "--warmup", "0"]) == 0
     out = capsys.readouterr().out
     assert "| micro | 12 | 2 | 64 | 5 | isopo (fast) |" in out and "faithful" not in out
+
+
+def test_breakdown_names_the_engine_stages_only_while_profiling():
+    """Profiler ranges are entered only when a profiler runs (they cost ~10 us each otherwise), and
+    `--breakdown` still sees every stage of interacting ISOPO."""
+    import contextlib
+
+    from isopo_bench.layerwise.kernels import stage
+    from isopo_bench.overhead import breakdown
+
+    assert isinstance(stage("isopo/x"), contextlib.nullcontext)
+    rows = breakdown(MICRO, variants(["reinforce", "isopo-interacting"], False), torch.device("cpu"), torch.float32)
+    stages = {r["op"] for r in rows if r["op"].startswith("isopo/")}
+    assert {"isopo/ntk", "isopo/combine"} <= stages

@@ -28,7 +28,6 @@ import logging
 from typing import ClassVar
 
 import torch
-from torch.profiler import record_function
 
 from isopo_bench.aggregation import aggregate
 from isopo_bench.algorithm_api import Algorithm, AlgorithmSetup, StepContext
@@ -143,7 +142,7 @@ class LayerwiseAlgorithm(Algorithm):
         w_B = self.sequence_weights(layer)
         self.metrics.add(f"algo/{self.metric_prefix}_materialised_frac", float(materialised))
         if kept:
-            with record_function(f"{self.metric_prefix}/combine"):
+            with K.stage(f"{self.metric_prefix}/combine"):
                 session.kept_head_grad = torch.cat([K.combine(w_B, a, None, G) for G in kept])
         return w_B
 
@@ -161,7 +160,7 @@ class LayerwiseAlgorithm(Algorithm):
         G = statistics.compute(layer, session, needs, plan, x, a, g, prefix)
         w_B = self.sequence_weights(layer)
         self.metrics.add(f"algo/{prefix}_materialised_frac", float(G is not None))
-        with record_function(f"{prefix}/combine"):
+        with K.stage(f"{prefix}/combine"):
             if G is not None:
                 return K.combine(w_B, a, g, G)
             return K.combine(w_B, a_model, grad_out, None)

@@ -16,7 +16,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from torch.profiler import record_function
 
 from isopo_bench.layerwise import kernels as K
 from isopo_bench.layerwise.ema import EmaStats, MetricSums
@@ -67,7 +66,7 @@ def compute(stats: LayerStats, session: MicrobatchSession, needs: Needs, plan: s
         G = K.seq_grads(a, g, out=session.workspace((B, g.shape[-1], a.shape[-1]), a))
     budget = session.options.materialise_budget_mb
     if needs.euclid_norms:
-        with record_function(f"{prefix}/norms"):
+        with K.stage(f"{prefix}/norms"):
             if G is not None:
                 stats.euclid_norm = torch.linalg.vector_norm(G, dim=(1, 2))
             elif plan == "chunked":
@@ -76,10 +75,10 @@ def compute(stats: LayerStats, session: MicrobatchSession, needs: Needs, plan: s
                 gram_a = session.shared(x, ("gram",), lambda: torch.bmm(a, a.transpose(1, 2)))
                 stats.euclid_norm = K.ghost_sq_norms(a, g, gram_a).clamp(min=0).sqrt()
     if needs.fisher_norms:
-        with record_function(f"{prefix}/probes"):
+        with K.stage(f"{prefix}/probes"):
             stats.fisher_norm = _fisher_norms(stats, session, x, a, g, G, prefix)
     if needs.ntk:
-        with record_function(f"{prefix}/ntk"):
+        with K.stage(f"{prefix}/ntk"):
             if G is not None:
                 stats.ntk = K.row_gram(G.reshape(B, -1))
             elif plan == "chunked":
@@ -87,7 +86,7 @@ def compute(stats: LayerStats, session: MicrobatchSession, needs: Needs, plan: s
             else:
                 stats.ntk = K.gram_ntk(a, g)
     if needs.ntk_row:
-        with record_function(f"{prefix}/ntk"):
+        with K.stage(f"{prefix}/ntk"):
             j = stats.drawn = session.drawn()
             if G is not None:
                 stats.ntk_row = G.flatten(1) @ G[j].flatten()
@@ -145,7 +144,7 @@ def compute_chunked(stats: LayerStats, session: MicrobatchSession, needs: Needs,
     if needs.euclid_norms and not with_G:
         gram_a = session.shared(x, ("gram",), lambda: torch.bmm(a, a.transpose(1, 2)))
     sq_norm = ntk = row = overlaps = g_sq_S = 0
-    with record_function(f"{prefix}/head_chunks"):
+    with K.stage(f"{prefix}/head_chunks"):
         for g in g_chunks():
             G = None
             if with_G:
