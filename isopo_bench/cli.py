@@ -55,12 +55,27 @@ def train_main(argv: list[str]) -> int:
         return 0
     from isopo_bench.trainer import train
 
-    result = train(cfg, resume=known.resume)
+    try:
+        result = train(cfg, resume=known.resume)
+    finally:
+        if cfg.parallel.world_size > 1:  # this torchrun rank ends here, on success or error
+            guard_rank_exit()
     if result.run_id is None:
         return 0  # a data-parallel rank other than 0: rank 0 reports
     print(f"run {result.run_id} {result.status}: {result.steps_done} steps, final eval accuracy "
           f"{result.final_accuracy if result.final_accuracy is None else round(result.final_accuracy, 3)}; folder {result.run_dir}")
     return 0
+
+
+def guard_rank_exit() -> None:
+    """The interpreter's exit (joining non-daemon threads, atexit handlers) gets the end-of-run deadline, so
+    a rank that cannot exit is reported with its stacks instead of keeping torchrun waiting
+    (isopo_bench.shutdown)."""
+    import os
+
+    from isopo_bench.shutdown import exit_watchdog, shutdown_timeout_s
+
+    exit_watchdog(f"rank {os.environ.get('RANK', '?')}: the process's exit after the run", shutdown_timeout_s())
 
 
 def list_main(argv: list[str]) -> int:

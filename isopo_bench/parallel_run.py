@@ -7,7 +7,8 @@ The trainer's data flow under data parallelism (world size W, launched by torchr
 - pi_old / reference log-probs are computed only for the microbatches this rank will process;
 - the update is isopo_bench.distributed.DataParallel: global microbatches, this rank's share, SUM;
 - metrics are merged across ranks; rank 0 alone evaluates, logs to MLflow, checkpoints and exports;
-- every checkpoint, the ranks compare a checksum of their parameters (replicas must never drift).
+- every checkpoint, the ranks compare a checksum of their parameters (replicas must never drift);
+- the run's end has a deadline at every step (`shutdown_barrier`, `close`; isopo_bench.shutdown).
 With W = 1 every method is the identity and no process group is created.
 """
 
@@ -23,6 +24,7 @@ import torch.distributed as dist
 
 from isopo_bench.config import RunConfig
 from isopo_bench.errors import ConfigError
+from isopo_bench.shutdown import exit_watchdog, shutdown_timeout_s, store_barrier
 
 GROUP_TIMEOUT = datetime.timedelta(minutes=30)
 """Collective timeout: rank 0 evaluates while the others wait at the next collective."""
@@ -35,6 +37,8 @@ class RankContext:
     local_rank: int = 0
     owns_group: bool = False
     """Whether this object created the process group (and so destroys it at the end)."""
+    shutdown_timeout_s: float = 300.0
+    """The deadline of each step of the run's end (isopo_bench.shutdown.shutdown_timeout_s)."""
 
     @property
     def is_main(self) -> bool:
@@ -57,13 +61,14 @@ class RankContext:
             raise ConfigError("parallel.world_size", f"is {want} but {how}",
                               f"launch `torchrun --standalone --nproc_per_node {want} -m isopo_bench.cli train ...` "
                               f"or pass --parallel.world-size {launched}")
+        shutdown_s = shutdown_timeout_s()  # a bad value is an error now, not at the end of the run
         owns = not dist.is_initialized()
         if owns:
             backend = "nccl" if torch.cuda.is_available() and cfg.model.device != "cpu" else "gloo"
             if backend == "nccl":
                 torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
             dist.init_process_group(backend, timeout=GROUP_TIMEOUT)
-        return RankContext(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)), owns)
+        return RankContext(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)), owns, shutdown_s)
 
     def device(self, device: torch.device) -> torch.device:
         """This rank's device: cuda:LOCAL_RANK when training on CUDA with several ranks."""
@@ -99,9 +104,22 @@ class RankContext:
         if self.distributed:
             dist.barrier()
 
+    def shutdown_barrier(self, stage: str) -> None:
+        """Every rank has reached `stage` of the run's end, or ShutdownError names the missing ranks after
+        shutdown_timeout_s (a barrier through the group's store, not a collective: isopo_bench.shutdown)."""
+        if self.distributed:
+            store_barrier(dist.distributed_c10d._get_default_store(), stage, self.rank, self.world_size,
+                          self.shutdown_timeout_s)
+
     def close(self) -> None:
+        """Destroy the group this object created; a destroy still blocked after shutdown_timeout_s dumps
+        the stacks and exits the process (exit_watchdog)."""
         if self.owns_group and dist.is_initialized():
-            dist.destroy_process_group()
+            disarm = exit_watchdog(f"rank {self.rank}: destroying the process group", self.shutdown_timeout_s)
+            try:
+                dist.destroy_process_group()
+            finally:
+                disarm()
 
 
 def parameter_checksum(module: torch.nn.Module) -> float:

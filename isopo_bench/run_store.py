@@ -17,7 +17,7 @@ from isopo_bench import __version__
 from isopo_bench import metric_names as M
 from isopo_bench.checkpoint import CHECKPOINT_DIR, read_trainer_state, verify_run_checkpoint
 from isopo_bench.config import RunConfig
-from isopo_bench.errors import IsopoBenchError
+from isopo_bench.errors import IsopoBenchError, NonFiniteError
 from isopo_bench.models import model_source
 from isopo_bench.run_lock import is_main_rank
 from isopo_bench.start_point import start_tags
@@ -121,6 +121,12 @@ class RunStore:
     def fail(self, message: str, status: str = "FAILED") -> None:
         self.tracker.set_tags({M.TAG_STATUS_DETAIL: message[:4000]})
         self.tracker.finish(status)
+
+    def fail_from(self, exc: BaseException) -> None:
+        """Mark the run KILLED (Ctrl-C) or FAILED with the exception as the reason (a NonFiniteError's message
+        as it stands: it explains itself)."""
+        detail = str(exc) if isinstance(exc, NonFiniteError) else f"{type(exc).__name__}: {exc}"
+        self.fail(detail, status="KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
 
     def finish(self, state: dict) -> None:
         summary = {

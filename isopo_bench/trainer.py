@@ -141,25 +141,31 @@ class Trainer:
                 if checkpoint:
                     self._checkpoint()
                 bar.set_postfix(reward=f"{metrics[M.REWARD_MEAN]:.3f}", acc=self.state["last_accuracy"])
-        except NonFiniteError as exc:
-            if main:
-                self.store.fail(str(exc))
-            raise
         except BaseException as exc:  # KeyboardInterrupt too: the run can be resumed from its checkpoint
             if main:
-                self.store.fail(f"{type(exc).__name__}: {exc}",
-                                status="KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
+                self.store.fail_from(exc)
             raise
         finally:
             self.engine.close()
-        weights = full_model_state(self.model) if self.sharded else None  # a collective: every rank
-        if main:
-            export_model(self.model, self.tokenizer, self.run_dir / "final_model", weights)
-            self.store.finish(self.state)
-        self.ranks.barrier()  # no rank leaves (and tears down the group) while rank 0 still writes
-        self.ranks.close()
+        self._finish()
         return RunResult(self.store.tracker.run_id if main else None, self.run_dir, "FINISHED", self.state["step"],
                          self.state["last_accuracy"])
+
+    def _finish(self) -> None:
+        """The run's end, each step under a deadline (isopo_bench.shutdown): FINISHED only once every rank has
+        finished training; no rank tears the group down while rank 0 still writes."""
+        try:
+            weights = full_model_state(self.model) if self.sharded else None  # a collective: every rank
+            self.ranks.shutdown_barrier("trained")
+            if self.ranks.is_main:
+                export_model(self.model, self.tokenizer, self.run_dir / "final_model", weights)
+                self.store.finish(self.state)
+        except BaseException as exc:  # a missing rank too: FAILED, and a resume finishes from the final checkpoint
+            if self.ranks.is_main:
+                self.store.fail_from(exc)
+            raise
+        self.ranks.shutdown_barrier("recorded")
+        self.ranks.close()
 
     def _checkpoint(self) -> None:
         """Every rank takes part (gathering FSDP2 shards is a collective); rank 0 writes."""

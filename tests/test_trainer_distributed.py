@@ -6,15 +6,20 @@ advantage equal to that reward, and sampling is greedy, so both runs generate, s
 batch. Then the whole trainer path is under test: rollout shares, the gather, pi_old rows per rank, the
 global microbatch plan, the SUM reduction, ISOPO's reduced statistics, merged metrics, rank-0 logging,
 checkpoints and export. The update-level equivalence for every algorithm and FSDP2 is tests/test_distributed.py.
+The run's end is bounded in time: a rank stuck before the end-of-run barrier fails the run (and it resumes),
+a rank that cannot exit is ended with its stacks (isopo_bench.shutdown; ISOPO_TEST_STALL in the launcher).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -46,6 +51,22 @@ def raw_reward(rewards_PG):
         raise RuntimeError("injected crash")
     return rewards_PG - 0.5
 
+STALL = os.environ.get("ISOPO_TEST_STALL", "")  # "RANK:close" or "RANK:exit": that rank misbehaves at the end
+if STALL and STALL.split(":")[0] == os.environ.get("RANK"):
+    import threading, time
+    from isopo_bench.rollout.hf_engine import HFEngine
+
+    def never_ending_thread():
+        threading.Event().wait()
+
+    def misbehaving_close(self):  # every rank closes its engine first thing at the end of the run
+        if STALL.endswith(":close"):
+            time.sleep(3600)  # alive but stuck before the end-of-run barriers
+        else:
+            threading.Thread(target=never_ending_thread).start()  # not a daemon: the interpreter's exit joins it
+
+    HFEngine.close = misbehaving_close
+
 from isopo_bench.cli import main
 sys.exit(main(sys.argv[1:]))
 """
@@ -71,13 +92,37 @@ def command(root: Path, world: int) -> list[str]:
 
 
 def run(root: Path, name: str, algorithm: str, world: int, steps: int = 3, extra: tuple = (),
-        env_extra: dict | None = None, expect_ok: bool = True) -> subprocess.CompletedProcess:
+        env_extra: dict | None = None, expect_ok: bool = True, timeout: float = 300) -> subprocess.CompletedProcess:
+    """The training command. On timeout torchrun AND its ranks are killed (torchrun starts each rank in a
+    session of its own: killing torchrun alone, as subprocess.run's timeout does, leaves the ranks behind
+    holding the output pipes), then the test fails with their output."""
     env = os.environ | {"OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"} | (env_extra or {})
-    proc = subprocess.run([*command(root, world), *train_args(root, name, algorithm, steps, world), *extra],
-                          capture_output=True, text=True, timeout=300, env=env)
+    args = [*command(root, world), *train_args(root, name, algorithm, steps, world), *extra]
+    with subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) as popen:
+        try:
+            out, err = popen.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            for pid in launcher_processes(root):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            out, err = popen.communicate()
+            pytest.fail(f"still running after {timeout:.0f} s; killed.\n{out[-3000:]}{err[-6000:]}")
+    proc = subprocess.CompletedProcess(args, popen.returncode, out, err)
     if expect_ok:
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    assert not launcher_processes(root), "a rank outlived torchrun"
     return proc
+
+
+def launcher_processes(root: Path) -> list[int]:
+    """PIDs of the processes whose command line names this test's launcher: torchrun and its ranks."""
+    launcher = str(root / "launch.py").encode()
+    pids = []
+    for proc_dir in Path("/proc").glob("[0-9]*"):
+        with contextlib.suppress(OSError):  # gone meanwhile
+            if launcher in (proc_dir / "cmdline").read_bytes().split(b"\0"):
+                pids.append(int(proc_dir.name))
+    return pids
 
 
 def record(root: Path, name: str):
@@ -141,6 +186,50 @@ def test_two_rank_run_killed_and_resumed_continues_one_mlflow_run(workdir):
     steps = [s for s, _ in history[M.REWARD_MEAN]]
     assert steps == list(range(1, 9)), steps  # nothing missing, nothing logged twice
     assert all(v == 0.0 for _, v in history[M.PARALLEL_PARAM_SPREAD])
+
+
+SHUTDOWN_S = 10  # the end-of-run deadline in the tests below (isopo_bench.shutdown)
+
+
+@pytest.mark.distributed
+@pytest.mark.slow
+def test_a_rank_stuck_at_the_end_fails_the_run_in_bounded_time(workdir):
+    """Rank 1 hangs after training, before the end-of-run barrier. Rank 0 must not mark the run FINISHED
+    (one rank never finished) nor wait for the 30-minute collective timeout: past the deadline it fails the
+    run naming rank 1, and torchrun ends rank 1."""
+    start = time.monotonic()
+    proc = run(workdir, "stuck", "isopo", WORLD, steps=1, expect_ok=False, timeout=240,
+               env_extra={"ISOPO_TEST_STALL": "1:close", "ISOPO_BENCH_SHUTDOWN_TIMEOUT_S": str(SHUTDOWN_S)})
+    assert proc.returncode != 0
+    assert "rank 0: rank(s) [1] did not reach the end-of-run step `trained` within 10 s" in proc.stderr
+    run_, _ = record(workdir, "stuck")
+    assert run_.info.status == "FAILED"
+    assert "ShutdownError: rank 0: rank(s) [1]" in run_.data.tags[M.TAG_STATUS_DETAIL]
+    assert not list((workdir / "stuck").glob("*/final_model"))  # nothing exported for an unfinished run
+    assert time.monotonic() - start < 200
+    # Resumable as any failed run: from the final checkpoint, nothing trained or logged again.
+    run(workdir, "stuck", "isopo", WORLD, steps=1, extra=("--resume",))
+    run_, history = record(workdir, "stuck")
+    assert run_.info.status == "FINISHED" and M.TAG_STATUS_DETAIL not in run_.data.tags
+    assert [s for s, _ in history[M.REWARD_MEAN]] == [1]
+    assert list((workdir / "stuck").glob("*/final_model"))
+
+
+@pytest.mark.distributed
+@pytest.mark.slow
+def test_a_rank_that_cannot_exit_is_reported_in_bounded_time(workdir):
+    """Rank 1 finishes its work but leaves a thread that never ends, so its interpreter cannot exit. The run
+    is FINISHED (every rank finished training); the rank is ended past the deadline with its stacks, and
+    torchrun reports it instead of waiting for ever."""
+    start = time.monotonic()
+    proc = run(workdir, "lingering", "isopo", WORLD, steps=1, expect_ok=False, timeout=240,
+               env_extra={"ISOPO_TEST_STALL": "1:exit", "ISOPO_BENCH_SHUTDOWN_TIMEOUT_S": str(SHUTDOWN_S)})
+    assert proc.returncode != 0
+    assert "error: rank 1: the process's exit after the run did not end within 10 s" in proc.stderr
+    assert "in never_ending_thread" in proc.stderr
+    run_, _ = record(workdir, "lingering")
+    assert run_.info.status == "FINISHED"
+    assert time.monotonic() - start < 200
 
 
 def test_world_size_must_match_the_launch(workdir):
