@@ -8,7 +8,8 @@ its ratio to REINFORCE's median. ISOPO runs in both fast and faithful mode.
 
 Shapes: `tiny` (the project's tiny Qwen3), `qwen3-0.6b` (Qwen3-0.6B layer widths: hidden 1024, MLP 3072,
 16 query heads x head_dim 128 with 8 KV heads, reduced to depth 2 and an 8192-token vocabulary, T = 512,
-B = 8) and a sweep varying width, sequence length, microbatch size and probe count around a smaller base.
+B = 8), `cpu-tier` (the quick and cpu suites' update: tiny Qwen3, short sequences, 4 microbatches of 8) and a
+sweep varying width, sequence length, microbatch size and probe count around a smaller base.
 """
 
 from __future__ import annotations
@@ -48,11 +49,17 @@ class Shape:
     """Sequences per microbatch B."""
     microbatches: int = 1
     num_probes: int = 250
+    prompt_fraction: float = 0.25
+    """Share of each sequence that is prompt (the rest is response: the chunked head's rows)."""
 
 
 TINY = Shape("tiny", 128, 256, 4, 2, 32, 4, 99, 96, 8, microbatches=2)
 QWEN3_06B = Shape("qwen3-0.6b", 1024, 3072, 16, 8, 128, 2, 8192, 512, 8)
 SWEEP_BASE = Shape("sweep", 512, 1536, 8, 4, 64, 2, 4096, 256, 8)
+CPU_TIER = Shape("cpu-tier", 128, 256, 4, 2, 32, 4, 99, 40, 8, microbatches=4, prompt_fraction=0.65)
+"""The quick and cpu suites' update (isopo_bench.suites.cpu_tier_base): the tiny Qwen3, 26-token chat prompts
+with completions of ~8 tokens (<= 32), 64 samples per rollout in 2 minibatches of 4 microbatches of 8, so
+that their in-suite update-time ratios have a benchmark of the same shape (lengths here: 20-40)."""
 
 
 def sweep_shapes(base: Shape = SWEEP_BASE) -> list[Shape]:
@@ -79,6 +86,7 @@ SUITES = {
     "tiny": (lambda: [TINY], None, True),
     "main": (lambda: [QWEN3_06B], None, True),
     "sweep": (sweep_shapes, ISOPO_AND_BASELINE, False),
+    "tier": (lambda: [CPU_TIER], None, True),
 }
 
 
@@ -99,8 +107,9 @@ def build_microbatches(shape: Shape, device: torch.device, seed: int = 0) -> lis
     lengths = torch.randint(shape.seq_len // 2, shape.seq_len + 1, (n,), generator=gen).tolist()
     lengths[0] = shape.seq_len
     seqs = [torch.randint(1, shape.vocab, (L,), generator=gen).tolist() for L in lengths]
-    prompts = [s[: len(s) // 4] for s in seqs]
-    completions = [s[len(s) // 4 :] for s in seqs]
+    cut = [int(len(s) * shape.prompt_fraction) for s in seqs]
+    prompts = [s[:c] for s, c in zip(seqs, cut)]
+    completions = [s[c:] for s, c in zip(seqs, cut)]
     ids, attn, resp, _ = pad_and_stack(prompts, completions, pad_token_id=0)
     adv = torch.randn(n, generator=gen)
     batch = TrainBatch(ids, attn, resp, adv).to(device)

@@ -47,3 +47,24 @@ def test_breakdown_names_the_engine_stages_only_while_profiling():
     rows = breakdown(MICRO, variants(["reinforce", "isopo-interacting"], False), torch.device("cpu"), torch.float32)
     stages = {r["op"] for r in rows if r["op"].startswith("isopo/")}
     assert {"isopo/ntk", "isopo/combine"} <= stages
+
+
+def test_the_tier_shape_is_the_cpu_suites_update():
+    """`--suite tier` times what quick and cpu run per optimizer step, so their in-suite ratios have a
+    benchmark of the same shape: the shipped warm start's widths, microbatch size and microbatches per step."""
+    import json
+    from importlib import resources
+
+    from isopo_bench.overhead import CPU_TIER
+    from isopo_bench.suites import get_suite
+
+    base = get_suite("quick").base
+    per_step = base.rollout.prompts_per_step * base.rollout.samples_per_prompt // base.optim.minibatches_per_step
+    assert (CPU_TIER.microbatch, CPU_TIER.microbatches) == (base.optim.microbatch_size, per_step // base.optim.microbatch_size)
+    folder = next(p for p in resources.files("isopo_bench").joinpath("warm_starts").iterdir() if p.is_dir())
+    config = json.loads(folder.joinpath("config.json").read_text())
+    assert (config["hidden_size"], config["intermediate_size"], config["num_hidden_layers"], config["vocab_size"],
+            config["num_attention_heads"], config["num_key_value_heads"], config["head_dim"]) == (
+        CPU_TIER.hidden, CPU_TIER.intermediate, CPU_TIER.layers, CPU_TIER.vocab, CPU_TIER.heads, CPU_TIER.kv_heads,
+        CPU_TIER.head_dim)
+    assert CPU_TIER.seq_len >= 26 + 8  # a 26-token chat prompt and a typical completion fit

@@ -179,6 +179,17 @@ def test_two_rank_run_killed_and_resumed_continues_one_mlflow_run(workdir):
     # A new session, so the SIGKILL reaches torchrun and both ranks.
     proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     killed_at = kill_after_checkpoint(proc, workdir / "killed", step=3, group=True)
+    # torchrun starts each rank in a session of its own, so the group kill reaches torchrun only: kill the
+    # ranks too (a crash of the whole job), and wait until none is left before resuming.
+    for _ in range(100):
+        pids = launcher_processes(workdir)
+        if not pids:
+            break
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.1)
+    assert not launcher_processes(workdir), "a rank survived SIGKILL"
     assert 3 <= killed_at < 8
     run(workdir, "killed", "isopo-interacting", world=WORLD, steps=8, extra=("--resume",))
     run_, history = record(workdir, "killed")
