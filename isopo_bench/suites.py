@@ -164,8 +164,9 @@ Budget: 15 minutes of wall clock on a quiet 2-core CPU (the warm start is shippe
 Grid: 5 algorithms x 3 AdamW learning rates (6e-6, 1.9e-5, 6e-5: half a decade apart, centred between
 1.2e-5 and 3e-5, where cpu@v1's first two seeds put every algorithm's best among 5e-6, 1.2e-5, 3e-5 and 7.5e-5,
 with 5e-6 and 7.5e-5 worse for all seven) x 3 seeds (the minimum for a t-interval) = 45 runs. Measured
-2026-12-02 from a fresh store on the quiet 2-core machine: 13 min 23 s (27-30 s per REINFORCE run per worker);
-every algorithm's best lr was 1.9e-5, the grid's middle."""
+2026-12-02 from a fresh store on the quiet 2-core machine: 13 min 23 s (27-30 s per REINFORCE run per worker),
+and 11 min 15 s after the engine's cost work (the same accuracies); every algorithm's best lr was 1.9e-5, the
+grid's middle."""
 
 
 def cpu_tier_base(steps: int = 20) -> RunConfig:
