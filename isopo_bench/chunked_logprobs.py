@@ -255,7 +255,8 @@ def _rule_backward(ctx, h_Nd, weight, bias, targets_N, lse, grad_logp):
             g_BTc = g_Nc.new_zeros(B, T, g_Nc.shape[1])
             g_BTc[rows_BT] = g_Nc.to(model_dt).to(g_Nc.dtype)
             yield g_BTc
-        progress["grad_h_done"] = first  # only a first iteration run to its end holds every chunk's part
+        if first:  # only a first iteration run to its end holds every chunk's part
+            progress["grad_h_done"] = True
 
     w_B = inputs.rule.sequence_weights(inputs.hidden_BTd, grids)
     kept = inputs.rule.kept_weight_grad()
