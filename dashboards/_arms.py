@@ -25,7 +25,7 @@ import pandas as pd
 
 from isopo_bench import leaderboard as lb
 from isopo_bench import metric_names as M
-from isopo_bench.statistics import t_quantile
+from isopo_bench.statistics import at_grid_edge, t_quantile
 
 ARM_KEY = list(dict.fromkeys([*lb.GROUP, M.LB_ALGORITHM, M.LB_LR, M.LB_OPTIMIZER]))
 """(dict.fromkeys: the optimizer is named once should the leaderboard's group come to include it.)"""
@@ -112,18 +112,20 @@ def best_arms(runs: pd.DataFrame) -> list[str]:
 def edge_notes(arm_rows: pd.DataFrame) -> list[str]:
     """A sentence per (algorithm, optimizer) whose best learning rate (highest mean final accuracy over the
     learning rates with a finished run) is the smallest or the largest one tried: the optimum may lie
-    outside the grid."""
+    outside the grid. The grid is every learning rate tried, failed ones included, as the leaderboard's
+    best_lr_at_edge (isopo_bench.statistics.at_grid_edge): a larger rate that diverged brackets the best."""
     notes = []
-    valid = arm_rows.dropna(subset=[M.LB_ACC_MEAN])
-    for (algorithm, optimizer), rows in valid.groupby([M.LB_ALGORITHM, M.LB_OPTIMIZER], sort=True):
-        best, grid = rows.loc[rows[M.LB_ACC_MEAN].idxmax(), M.LB_LR], rows[M.LB_LR]
+    for (algorithm, optimizer), rows in arm_rows.groupby([M.LB_ALGORITHM, M.LB_OPTIMIZER], sort=True):
+        valid = rows.dropna(subset=[M.LB_ACC_MEAN])
+        if valid.empty:
+            continue
+        best, grid = valid.loc[valid[M.LB_ACC_MEAN].idxmax(), M.LB_LR], rows[M.LB_LR].tolist()
         name = f"{algorithm} ({optimizer})"
-        if len(rows) == 1:
+        if len(valid) == 1:
             notes.append(f"{name}: only one learning rate ({best:g}) has finished runs, so its best is unknown.")
-        elif best == grid.min():
-            notes.append(f"{name}: the best learning rate {best:g} is the smallest tried; a smaller one may do better.")
-        elif best == grid.max():
-            notes.append(f"{name}: the best learning rate {best:g} is the largest tried; a larger one may do better.")
+        elif at_grid_edge(best, grid):
+            side = ("smallest", "smaller") if best == min(grid) else ("largest", "larger")
+            notes.append(f"{name}: the best learning rate {best:g} is the {side[0]} tried; a {side[1]} one may do better.")
     return notes
 
 

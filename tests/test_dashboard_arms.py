@@ -134,7 +134,9 @@ def test_edge_notes_flag_a_best_lr_at_the_grid_edge_only():
     inside = arm_rows([("grpo", "adamw", 1e-4, 0.3), ("grpo", "adamw", 3e-4, 0.5), ("grpo", "adamw", 1e-3, 0.4)])
     assert _arms.edge_notes(inside) == []
     rows = arm_rows([("grpo", "adamw", 1e-4, 0.6), ("grpo", "adamw", 3e-4, 0.5), ("grpo", "adamw", 1e-3, math.nan),
-                     ("cispo", "sgd", 1e-4, 0.1), ("cispo", "sgd", 1e-3, 0.2), ("gspo", "adamw", 1e-3, 0.2)])
+                     ("cispo", "sgd", 1e-4, 0.1), ("cispo", "sgd", 1e-3, 0.2), ("gspo", "adamw", 1e-3, 0.2),
+                     # the best finished lr is below a larger one that failed: bracketed, as on the leaderboard
+                     ("dapo", "adamw", 1e-4, 0.2), ("dapo", "adamw", 1e-3, 0.5), ("dapo", "adamw", 3e-3, math.nan)])
     assert _arms.edge_notes(rows) == [
         "cispo (sgd): the best learning rate 0.001 is the largest tried; a larger one may do better.",
         "grpo (adamw): the best learning rate 0.0001 is the smallest tried; a smaller one may do better.",

@@ -40,7 +40,7 @@ from isopo_bench.layerwise.autograd_linear import linear_forward, overridden_for
 from isopo_bench.layerwise.ema import EmaStats, MetricSums
 from isopo_bench.layerwise.options import EngineOptions, Needs
 from isopo_bench.layerwise.param_rules import ParameterMap
-from isopo_bench.layerwise.planner import plan_layer
+from isopo_bench.layerwise.planner import fits_budget, plan_layer
 from isopo_bench.layerwise.session import MicrobatchSession, stats_dtype
 from isopo_bench.layerwise.statistics import LayerStats
 
@@ -135,8 +135,8 @@ class LayerwiseAlgorithm(Algorithm):
         layer = LayerStats(name, index, session.adv_B.to(dt), self.options.mode == "faithful", self.ema, self.metrics)
         # Keeping every chunk's G_i (within the budget the full path's plan allows) makes the head's weight
         # gradient a B-term sum here and spares the chunked head a second pass (logits and a matmul).
-        fits = B * V * d * torch.finfo(dt).bits // 8 <= self.options.materialise_budget_mb * 2**20
-        kept: list[torch.Tensor] | None = [] if plan == "materialise" and fits else None
+        keep = plan == "materialise" and fits_budget(B, d, V, dt, self.options)  # faithful plans ignore the budget
+        kept: list[torch.Tensor] | None = [] if keep else None
         materialised = statistics.compute_chunked(layer, session, self.needs, plan, x, a, g_chunks, V,
                                                   self.metric_prefix, keep=kept)
         w_B = self.sequence_weights(layer)

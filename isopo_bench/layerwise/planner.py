@@ -24,10 +24,15 @@ def _bytes(dt: torch.dtype) -> int:
     return torch.finfo(dt).bits // 8
 
 
+def fits_budget(B: int, d_in: int, d_out: int, dt: torch.dtype, opts: EngineOptions) -> bool:
+    """Whether one layer's B per-sequence gradients (B x d_out x d_in) fit `materialise_budget_mb`."""
+    return B * d_out * d_in * _bytes(dt) <= opts.materialise_budget_mb * 2**20
+
+
 @functools.lru_cache(maxsize=4096)  # called for every Linear of every microbatch with a handful of shapes
 def plan_layer(B: int, T: int, d_in: int, d_out: int, dt: torch.dtype, full_ntk: bool, opts: EngineOptions) -> str:
     """`materialise`, `chunked` or `ghost`. `full_ntk`: the method needs all of K (cost (B T)^2 by products)."""
-    fits = B * d_out * d_in * _bytes(dt) <= opts.materialise_budget_mb * 2**20
+    fits = fits_budget(B, d_in, d_out, dt, opts)
     if opts.mode == "faithful":
         return "materialise"
     if opts.fast_plan != "auto":
