@@ -44,7 +44,7 @@ import torch
 from isopo_bench.algorithm_api import AlgorithmPreset
 from isopo_bench.errors import ConfigError
 from isopo_bench.layerwise import EngineOptions, LayerStats, LayerwiseAlgorithm, Needs
-from isopo_bench.layerwise.kernels import EPS_NORM, damped_solve, damped_solve_eigh
+from isopo_bench.layerwise.kernels import EPS_NORM, damped_ntk_solve, damped_solve_eigh, scaled
 from isopo_bench.plugins import ALGORITHMS
 
 EPS_SCALE = 1e-8
@@ -173,11 +173,14 @@ class Isopo(LayerwiseAlgorithm):
         return soft_abs(x_B, c, layer.smoothed(f"{stat}2", x_B**2), self.settings.reg_form)
 
     def _interacting(self, layer: LayerStats) -> torch.Tensor:
-        K, A = layer.ntk, layer.adv_B
-        lam = self.settings.damping * layer.smoothed("ntk_mean_eig", K.diagonal().sum() / K.shape[0])
-        A_t = (damped_solve_eigh if self.settings.mode == "faithful" else damped_solve)(K, A, lam)
+        K, A, c = layer.ntk, layer.adv_B, self.settings.damping
+        if self.settings.mode == "faithful":
+            lam = c * layer.smoothed("ntk_mean_eig", K.diagonal().sum() / K.shape[0])
+            A_t = damped_solve_eigh(K, A, lam)
+        else:
+            A_t, lam = damped_ntk_solve(K, A, lambda mean_eig: scaled(c, layer.smoothed("ntk_mean_eig", mean_eig)))
         layer.log("algo/isopo_damping_mean", lam)
-        layer.log("algo/isopo_adv_ratio_mean", A_t.norm() / (A.norm() + EPS_NORM))
+        layer.log_norm_ratio("algo/isopo_adv_ratio_mean", A_t, A)
         return A_t
 
 

@@ -33,7 +33,7 @@ import torch
 from isopo_bench.algorithm_api import AlgorithmPreset
 from isopo_bench.errors import ConfigError
 from isopo_bench.layerwise import EngineOptions, LayerStats, LayerwiseAlgorithm, Needs
-from isopo_bench.layerwise.kernels import EPS_DAMP, EPS_NORM, damped_solve, damped_solve_eigh
+from isopo_bench.layerwise.kernels import EPS_DAMP, damped_ntk_solve, damped_solve_eigh, scaled
 from isopo_bench.plugins import ALGORITHMS
 
 FISHER_SETTINGS = ("one", "own", "mean", "all")
@@ -123,8 +123,10 @@ class NpgRank1(LayerwiseAlgorithm):
         fisher, A = self.settings.fisher, layer.adv_B
         if fisher == "all":  # exactly interacting ISOPO's computation, so the two agree bit for bit
             K = layer.ntk
-            lam = self._damping(layer, K.diagonal().sum() / K.shape[0])
-            A_t = (damped_solve_eigh if self.settings.mode == "faithful" else damped_solve)(K, A, lam)
+            if self.settings.mode == "faithful":
+                A_t = damped_solve_eigh(K, A, self._damping(layer, K.diagonal().sum() / K.shape[0]))
+            else:
+                A_t, _ = damped_ntk_solve(K, A, lambda mean_eig: self._damping(layer, mean_eig))
         elif fisher == "mean":
             K = layer.ntk
             A_t = adv_mean(K.sum(dim=1), A, self._damping(layer, K.diagonal().sum() / K.shape[0]))
@@ -134,10 +136,10 @@ class NpgRank1(LayerwiseAlgorithm):
         else:
             diag_B = layer.euclid_norm**2
             A_t = adv_own(diag_B, A, self._damping(layer, diag_B.sum() / A.shape[0]))
-        layer.log("algo/npg_adv_ratio_mean", A_t.norm() / (A.norm() + EPS_NORM))
+        layer.log_norm_ratio("algo/npg_adv_ratio_mean", A_t, A)
         return A_t
 
     def _damping(self, layer: LayerStats, trace_over_B: torch.Tensor) -> torch.Tensor:
-        lam = self.settings.damping * layer.smoothed("ntk_mean_eig", trace_over_B)
+        lam = scaled(self.settings.damping, layer.smoothed("ntk_mean_eig", trace_over_B))
         layer.log("algo/npg_damping_mean", lam)
         return lam

@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from isopo_bench.layerwise.kernels import cast_to
+
 WeightGrad = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 """(input x, output gradient) -> the layer's weight gradient."""
 
@@ -38,9 +40,10 @@ class LayerwiseLinearFn(torch.autograd.Function):
     def backward(ctx, grad_out):
         x, weight = ctx.saved_tensors
         # Under autocast the output (hence grad_out) is in the autocast dtype; compute in it, as autograd does.
-        x_c, w_c = x.to(grad_out.dtype), weight.to(grad_out.dtype)
-        grad_x = (grad_out @ w_c).to(x.dtype) if ctx.needs_input_grad[0] else None
-        grad_w = ctx.weight_grad(x_c, grad_out).to(weight.dtype) if ctx.needs_input_grad[1] else None
+        # (Casts only where dtypes differ: even a no-op `.to` is a dispatched op, ~10 us per Linear.)
+        x_c, w_c = cast_to(x, grad_out.dtype), cast_to(weight, grad_out.dtype)
+        grad_x = cast_to(grad_out @ w_c, x.dtype) if ctx.needs_input_grad[0] else None
+        grad_w = cast_to(ctx.weight_grad(x_c, grad_out), weight.dtype) if ctx.needs_input_grad[1] else None
         grad_b = None
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_b = torch.zeros(weight.shape[0], dtype=weight.dtype, device=weight.device)

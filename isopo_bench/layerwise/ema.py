@@ -64,7 +64,10 @@ class EmaStats:
         """EMA of `key`, or `current` (the mean of this microbatch's values) before the first update."""
         ema = self.ema.get(key)
         if ema is None:
-            return current.detach().mean()
+            current = current.detach() if current.requires_grad else current
+            return current if current.dim() == 0 else current.mean()
+        if ema.dtype == current.dtype and ema.device == current.device:
+            return ema
         return ema.to(device=current.device, dtype=current.dtype)
 
     def end_step(self, reducer: Reducer | None = None) -> None:
@@ -113,6 +116,7 @@ class MetricSums:
         self._parts: dict[str, list[torch.Tensor]] = {}
         self._numbers: dict[str, float] = {}
         self._count: dict[str, int] = {}
+        self._ratios: dict[str, list[tuple[torch.Tensor, torch.Tensor, float]]] = {}
 
     def add(self, key: str, values: torch.Tensor | float) -> None:
         if isinstance(values, (int, float)):
@@ -122,25 +126,60 @@ class MetricSums:
         self._parts.setdefault(key, []).append(_kept(values))
         self._count[key] = self._count.get(key, 0) + values.numel()
 
+    def add_norm_ratio(self, key: str, numerator: torch.Tensor, denominator: torch.Tensor, eps: float) -> None:
+        """Add ||numerator|| / (||denominator|| + eps) (one value) to the mean of `key`, computed when the
+        step's metrics are read, for all such pairs at once, in float64."""
+        self._ratios.setdefault(key, []).append((_kept(numerator), _kept(denominator), eps))
+        self._count[key] = self._count.get(key, 0) + 1
+
     def pop(self, reducer: Reducer | None = None) -> dict[str, float]:
         sums = {k: float(_float64_sum(parts)) for k, parts in self._parts.items()}
+        for k, pairs in self._ratios.items():
+            sums[k] = sums.get(k, 0.0) + float(_norm_ratio_sum(pairs))
         for k, v in self._numbers.items():
             sums[k] = sums.get(k, 0.0) + v
         pairs = _reduce_pairs({k: (v, float(self._count[k])) for k, v in sums.items()}, reducer)
         self._parts.clear()
         self._numbers.clear()
+        self._ratios.clear()
         self._count.clear()
         return {key: s / c for key, (s, c) in pairs.items()}
 
 
 def _kept(values: torch.Tensor) -> torch.Tensor:
-    """`values` detached, copied when it is a view of a larger tensor (which keeping it would keep alive)."""
-    values = values.detach()
+    """`values` detached, copied when it is a view of a larger tensor (which keeping it would keep alive).
+    (Inside a backward pass nothing requires grad, and then no detach op is dispatched.)"""
+    if values.requires_grad:
+        values = values.detach()
     base = values._base
     return values.clone() if base is not None and base.numel() > values.numel() else values
 
 
+def _same_shape(parts: list[torch.Tensor]) -> bool:
+    shape = parts[0].shape
+    return all(p.shape == shape for p in parts)
+
+
 def _float64_sum(parts: list[torch.Tensor]) -> torch.Tensor:
-    """The float64 sum of every element of `parts` (tensors of any shapes on one device), in one reduction."""
-    flat = [p.reshape(-1) for p in parts]
-    return (flat[0] if len(flat) == 1 else torch.cat(flat)).to(torch.float64).sum()
+    """The float64 sum of every element of `parts` (tensors of any shapes on one device), in one reduction
+    (stacked when the shapes agree, the usual case: one op instead of a reshape per part)."""
+    if len(parts) == 1:
+        joined = parts[0]
+    elif _same_shape(parts):
+        joined = torch.stack(parts)
+    else:
+        joined = torch.cat([p.reshape(-1) for p in parts])
+    return joined.to(torch.float64).sum()
+
+
+def _norm_ratio_sum(pairs: list[tuple[torch.Tensor, torch.Tensor, float]]) -> torch.Tensor:
+    """sum over pairs of ||num|| / (||den|| + eps), in float64, batched where the shapes agree."""
+    groups: dict[tuple, list] = {}
+    for num, den, eps in pairs:
+        groups.setdefault((num.shape, den.shape, eps), []).append((num, den))
+    total = torch.zeros((), dtype=torch.float64, device=pairs[0][0].device)
+    for (_, _, eps), items in groups.items():
+        nums = torch.stack([n for n, _ in items]).to(torch.float64).flatten(1)
+        dens = torch.stack([d for _, d in items]).to(torch.float64).flatten(1)
+        total = total + (nums.norm(dim=1) / (dens.norm(dim=1) + eps)).sum()
+    return total

@@ -132,7 +132,7 @@ class LayerwiseAlgorithm(Algorithm):
         _, a = session.masked_input(x, dt)
         V, d = self._head.out_features, x.shape[-1]
         plan = plan_layer(B, T, d, V, dt, self.needs.ntk, self.options)
-        layer = LayerStats(name, index, session.adv_B.to(dt), self.options.mode == "faithful", self.ema, self.metrics)
+        layer = LayerStats(name, index, session.adv_in(dt), self.options.mode == "faithful", self.ema, self.metrics)
         # Keeping every chunk's G_i (within the budget the full path's plan allows) makes the head's weight
         # gradient a B-term sum here and spares the chunked head a second pass (logits and a matmul).
         keep = plan == "materialise" and fits_budget(B, d, V, dt, self.options)  # faithful plans ignore the budget
@@ -153,10 +153,10 @@ class LayerwiseAlgorithm(Algorithm):
         B, T = session.shape
         dt = stats_dtype(x.dtype)
         a_model, a = session.masked_input(x, dt)
-        g = grad_out.to(dt)
+        g = grad_out if grad_out.dtype == dt else grad_out.to(dt)
         needs = self.needs
         plan = plan_layer(B, T, x.shape[-1], grad_out.shape[-1], dt, needs.ntk, self.options)
-        layer = LayerStats(name, index, session.adv_B.to(dt), self.options.mode == "faithful", self.ema, self.metrics)
+        layer = LayerStats(name, index, session.adv_in(dt), self.options.mode == "faithful", self.ema, self.metrics)
         G = statistics.compute(layer, session, needs, plan, x, a, g, prefix)
         w_B = self.sequence_weights(layer)
         self.metrics.add(f"algo/{prefix}_materialised_frac", float(G is not None))

@@ -21,6 +21,11 @@ EPS_DAMP = 1e-8
 solve form so that the methods built on it agree bit for bit)."""
 
 
+def cast_to(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """`t` in `dtype`, with no dispatched op when it already is (tiny ops dominate small layers' cost)."""
+    return t if t.dtype == dtype else t.to(dtype)
+
+
 def stage(name: str):
     """A profiler range (`--breakdown`) only while a profiler runs: entering one costs ~10 us even when
     nothing records, several per Linear per microbatch, a few percent of a small model's step."""
@@ -71,6 +76,11 @@ def fisher_trace_sqrt(a_norm_S: torch.Tensor, g_norm_S: torch.Tensor) -> torch.T
     return (g_norm_S * a_norm_S + EPS_NORM).norm()
 
 
+def scaled(c: float, x: torch.Tensor) -> torch.Tensor:
+    """c * x, with no op for c = 1 (exact either way)."""
+    return x if c == 1.0 else c * x
+
+
 def damped_solve_eigh(K_BB: torch.Tensor, A_B: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
     """A~ = lambda (K + (lambda + 1e-8) I)^-1 A as U diag(lambda / (D + lambda + 1e-8)) U^T A, the ISOPO
     reference's eigh form (faithful mode)."""
@@ -78,15 +88,20 @@ def damped_solve_eigh(K_BB: torch.Tensor, A_B: torch.Tensor, lam: torch.Tensor) 
     return U_BB @ ((lam / (D_B + lam + EPS_DAMP)) * (U_BB.T @ A_B))
 
 
-def damped_solve(K_BB: torch.Tensor, A_B: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
-    """The same A~ as lambda (K + (lambda + 1e-8) I)^-1 A, one small solve in float64 (fast mode)."""
-    # The shift goes onto a float64 copy's diagonal in place (no identity matrix), and solve_ex skips the
-    # singularity check (K + lambda' I with lambda' > 0 is positive definite), which on CUDA is a host sync.
+def damped_ntk_solve(K_BB: torch.Tensor, A_B: torch.Tensor, damping_of) -> tuple[torch.Tensor, torch.Tensor]:
+    """(A~, lambda) with lambda = damping_of(tr K / B) and A~ = lambda (K + (lambda + 1e-8) I)^-1 A, in
+    float64 (fast mode; `damping_of` maps this microbatch's mean eigenvalue to lambda, e.g. an EMA).
+    A~ is in K's dtype, lambda in float64."""
+    # One float64 copy of K gives the trace and, shifted in place on its diagonal (no identity matrix),
+    # the solve; solve_ex skips the singularity check (K + lambda' I with lambda' > 0 is positive
+    # definite), which on CUDA is a host sync. About ten small ops in all: in a backward pass each costs
+    # ~10-20 us, which on a small model is more than the layer's Gram matrix.
     K64 = K_BB.to(torch.float64, copy=True)
-    lam64 = lam.to(torch.float64)
-    K64.diagonal().add_(lam64 + EPS_DAMP)
-    sol = torch.linalg.solve_ex(K64, A_B.to(torch.float64))[0]
-    return (lam64 * sol).to(K_BB.dtype)
+    diag = K64.diagonal()
+    lam64 = damping_of(diag.mean())
+    diag.add_(lam64 + EPS_DAMP)
+    sol = torch.linalg.solve_ex(K64, cast_to(A_B, torch.float64))[0]
+    return cast_to(lam64 * sol, K_BB.dtype), lam64
 
 
 def input_row(a_BTI: torch.Tensor, j: int) -> torch.Tensor:
@@ -109,8 +124,8 @@ def row_gram(X_BD: torch.Tensor, block: int = 1 << 16) -> torch.Tensor:
     """X X^T for a few very long rows, in column blocks (a plain (B x D)(D x B) product runs far below
     memory bandwidth on CPU)."""
     if X_BD.shape[1] <= block:
-        return X_BD @ X_BD.T
-    return sum(X_BD[:, s : s + block] @ X_BD[:, s : s + block].T for s in range(0, X_BD.shape[1], block))
+        return torch.mm(X_BD, X_BD.t())
+    return sum(torch.mm(X_BD[:, s : s + block], X_BD[:, s : s + block].t()) for s in range(0, X_BD.shape[1], block))
 
 
 def combine(w_B: torch.Tensor, a_BTI: torch.Tensor, g_BTO: torch.Tensor, G_BOI: torch.Tensor | None) -> torch.Tensor:
@@ -118,11 +133,11 @@ def combine(w_B: torch.Tensor, a_BTI: torch.Tensor, g_BTO: torch.Tensor, G_BOI: 
     the per-token weights applied to the narrower side."""
     if G_BOI is not None:
         B, O, I = G_BOI.shape
-        return (w_B.to(G_BOI.dtype).view(1, B) @ G_BOI.reshape(B, O * I)).view(O, I)
+        return (cast_to(w_B, G_BOI.dtype).view(1, B) @ G_BOI.view(B, O * I)).view(O, I)
     B, T, I = a_BTI.shape
     O = g_BTO.shape[-1]
     if I <= O:
-        a_BTI = a_BTI * w_B.to(a_BTI.dtype).view(B, 1, 1)
+        a_BTI = a_BTI * cast_to(w_B, a_BTI.dtype).view(B, 1, 1)
     else:
-        g_BTO = g_BTO * w_B.to(g_BTO.dtype).view(B, 1, 1)
+        g_BTO = g_BTO * cast_to(w_B, g_BTO.dtype).view(B, 1, 1)
     return g_BTO.reshape(B * T, O).T @ a_BTI.reshape(B * T, I)

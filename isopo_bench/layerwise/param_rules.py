@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from isopo_bench.layerwise.autograd_linear import check_plain_linear, transforms_now
+from isopo_bench.layerwise.kernels import cast_to
 
 OTHER_PARAMS = ("reinforce", "freeze", "reference")
 TIED_EMBEDDING = ("split", "reference")
@@ -38,11 +39,16 @@ def _rms_normalised(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return h.to(x.dtype)
 
 
-def _per_token(w_BT: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    B, T = w_BT.shape
-    if tuple(y.shape[:2]) != (B, T):
+def _check_tokens(w_BT: torch.Tensor, y: torch.Tensor) -> None:
+    if tuple(y.shape[:2]) != tuple(w_BT.shape):
+        B, T = w_BT.shape
         raise RuntimeError(f"other_params rule expected (B={B}, T={T}, ...) activations, got {tuple(y.shape)}")
-    return w_BT.to(y.dtype).view(B, T, *([1] * (y.dim() - 2)))
+
+
+def _per_token(w_BT: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    _check_tokens(w_BT, y)
+    B, T = w_BT.shape
+    return cast_to(w_BT, y.dtype).view(B, T, *([1] * (y.dim() - 2)))
 
 
 class TokenWeightedScale(torch.autograd.Function):
@@ -59,15 +65,18 @@ class TokenWeightedScale(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_y):
         h, weight, w_tok = ctx.saved_tensors
-        grad_h = (grad_y * weight).to(h.dtype) if ctx.needs_input_grad[0] else None
+        grad_h = cast_to(grad_y * weight, h.dtype) if ctx.needs_input_grad[0] else None
         grad_w = None
         if ctx.needs_input_grad[1]:
-            grad_w = ((grad_y * w_tok) * h).sum_to_size(weight.shape).to(weight.dtype)
+            grad_w = cast_to(((grad_y * w_tok) * h).sum_to_size(weight.shape), weight.dtype)
         return grad_h, grad_w, None
 
 
 def rms_norm_forward(module: nn.Module, w_BT: torch.Tensor | None) -> Callable:
     """w_BT None: parameter detached (no gradient); else per-token weights of the parameter gradient."""
+    shaped: dict[tuple, torch.Tensor] = {}
+    """w_BT viewed and cast for an activation's rank and dtype, made once per microbatch (every norm of a
+    model reads one of two or three; a tiny op per norm call counts on a small model)."""
 
     def forward(x: torch.Tensor) -> torch.Tensor:
         if not transforms_now(module):
@@ -75,7 +84,11 @@ def rms_norm_forward(module: nn.Module, w_BT: torch.Tensor | None) -> Callable:
         h = _rms_normalised(module, x)
         if w_BT is None:
             return module.weight.detach() * h
-        w_tok = _per_token(w_BT, h).to(torch.promote_types(module.weight.dtype, h.dtype))  # y's dtype
+        _check_tokens(w_BT, h)
+        key = (h.dim(), h.dtype, module.weight.dtype)
+        w_tok = shaped.get(key)
+        if w_tok is None:
+            w_tok = shaped[key] = cast_to(_per_token(w_BT, h), torch.promote_types(module.weight.dtype, h.dtype))
         return TokenWeightedScale.apply(h, module.weight, w_tok)
 
     return forward

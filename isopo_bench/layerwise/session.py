@@ -33,7 +33,9 @@ class MicrobatchSession:
         self.open = True
         self._shared_probes: torch.Tensor | None = None
         self._workspace: torch.Tensor | None = None
+        self._views: dict[tuple, torch.Tensor] = {}
         self._cache: OrderedDict = OrderedDict()
+        self._per_dtype: dict = {}
         self.kept_head_grad: torch.Tensor | None = None
         """The chunked LM head's sum_i w_i G_i when its statistics kept G_i (engine._head_weights)."""
 
@@ -71,28 +73,52 @@ class MicrobatchSession:
             entry[1][what] = compute()
         return entry[1][what]
 
+    def _once(self, key: tuple, compute):
+        """Small per-microbatch tensors every layer reads (the float mask, the advantages in a dtype):
+        made once, since in a backward pass each tiny tensor op costs ~10-20 us of dispatch."""
+        value = self._per_dtype.get(key)
+        if value is None:
+            value = self._per_dtype[key] = compute()
+        return value
+
+    def adv_in(self, dt: torch.dtype) -> torch.Tensor:
+        """The advantages in dtype `dt`."""
+        if self.adv_B.dtype == dt:
+            return self.adv_B
+        return self._once(("adv", dt), lambda: self.adv_B.to(dt))
+
     def masked_input(self, x: torch.Tensor, dt: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """(a in x's dtype, a in the statistics dtype), zero on padding. Masking the input side alone
         is enough: every quantity is a sum of products g_t a_t^T-terms, so padding tokens drop out."""
         a_model = x
         if self.has_padding:
-            a_model = self.shared(x, ("masked",), lambda: x * self.mask_BT.unsqueeze(-1).to(x.dtype))
+            mask = self._once(("mask", x.dtype, x.device), lambda: self.mask_BT.unsqueeze(-1).to(x.dtype))
+            a_model = self.shared(x, ("masked",), lambda: x * mask)
         a = a_model if x.dtype == dt else self.shared(x, ("masked", dt), lambda: a_model.to(dt))
         return a_model, a
 
     def workspace(self, shape: tuple, like: torch.Tensor) -> torch.Tensor:
         """One buffer reused by every layer of this microbatch for its materialised G_i: on CPU, a fresh
-        100 MB tensor per layer costs more in page faults than the matmul that fills it."""
+        100 MB tensor per layer costs more in page faults than the matmul that fills it. Views of it are
+        kept per shape (layers of one shape recur in every block)."""
+        key = (shape, like.dtype, like.device)
+        view = self._views.get(key)
+        if view is not None:
+            return view
         n = 1
         for d in shape:
             n *= d
         ws = self._workspace
         if ws is None or ws.numel() < n or ws.dtype != like.dtype or ws.device != like.device:
             ws = self._workspace = torch.empty(n, dtype=like.dtype, device=like.device)
-        return ws[:n].view(shape)
+            self._views.clear()  # views of the old buffer
+        view = self._views[key] = ws[:n].view(shape)
+        return view
 
     def close(self) -> None:
         self.open = False
         self._cache.clear()
+        self._per_dtype.clear()
+        self._views.clear()
         self._workspace = None
         self.kept_head_grad = None

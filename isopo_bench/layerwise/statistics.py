@@ -56,6 +56,11 @@ class LayerStats:
         """Add to the step's mean of metric `key` (every element counts once)."""
         self.metrics.add(key, values)
 
+    def log_norm_ratio(self, key: str, numerator: torch.Tensor, denominator: torch.Tensor) -> None:
+        """Add ||numerator|| / (||denominator|| + 1e-12) to the step's mean of `key` (computed at the step's
+        end, for every layer at once)."""
+        self.metrics.add_norm_ratio(key, numerator, denominator, K.EPS_NORM)
+
 
 def compute(stats: LayerStats, session: MicrobatchSession, needs: Needs, plan: str, x: torch.Tensor,
             a: torch.Tensor, g: torch.Tensor, prefix: str) -> torch.Tensor | None:
