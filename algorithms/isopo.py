@@ -43,7 +43,7 @@ import torch
 
 from isopo_bench.algorithm_api import AlgorithmPreset
 from isopo_bench.errors import ConfigError
-from isopo_bench.layerwise import EngineOptions, LayerStats, LayerwiseAlgorithm, Needs
+from isopo_bench.layerwise import EngineOptions, LayerGroup, LayerStats, LayerwiseAlgorithm, Needs
 from isopo_bench.layerwise.kernels import EPS_NORM, damped_ntk_solve, damped_solve_eigh, scaled
 from isopo_bench.plugins import ALGORITHMS
 
@@ -171,6 +171,21 @@ class Isopo(LayerwiseAlgorithm):
         if c == 0:
             return x_B.abs()
         return soft_abs(x_B, c, layer.smoothed(f"{stat}2", x_B**2), self.settings.reg_form)
+
+    @property
+    def group_weights(self):
+        """Small-layer batching (the engine's `group_weights`): interacting ISOPO only, whose weights are
+        a function of the layer NTK alone."""
+        return self._interacting_group if self.interacting else None
+
+    def _interacting_group(self, group: LayerGroup) -> torch.Tensor:
+        """`_interacting` for every Linear of one shape at once, fast mode."""
+        c = self.settings.damping
+        A_t, lam = damped_ntk_solve(group.ntk, group.adv_B,
+                                    lambda mean_eig: scaled(c, group.smoothed("ntk_mean_eig", mean_eig)))
+        group.log("algo/isopo_damping_mean", lam)
+        group.log_norm_ratio("algo/isopo_adv_ratio_mean", A_t, group.adv_B)
+        return A_t
 
     def _interacting(self, layer: LayerStats) -> torch.Tensor:
         K, A, c = layer.ntk, layer.adv_B, self.settings.damping

@@ -32,7 +32,7 @@ import torch
 
 from isopo_bench.algorithm_api import AlgorithmPreset
 from isopo_bench.errors import ConfigError
-from isopo_bench.layerwise import EngineOptions, LayerStats, LayerwiseAlgorithm, Needs
+from isopo_bench.layerwise import EngineOptions, LayerGroup, LayerStats, LayerwiseAlgorithm, Needs
 from isopo_bench.layerwise.kernels import EPS_DAMP, damped_ntk_solve, damped_solve_eigh, scaled
 from isopo_bench.plugins import ALGORITHMS
 
@@ -137,6 +137,22 @@ class NpgRank1(LayerwiseAlgorithm):
             diag_B = layer.euclid_norm**2
             A_t = adv_own(diag_B, A, self._damping(layer, diag_B.sum() / A.shape[0]))
         layer.log_norm_ratio("algo/npg_adv_ratio_mean", A_t, A)
+        return A_t
+
+    @property
+    def group_weights(self):
+        """Small-layer batching (the engine's `group_weights`) for fisher=all, whose weights are a function
+        of the layer NTK alone; interacting ISOPO's batched computation, so the two agree bit for bit."""
+        return self._group_weights_all if self.settings.fisher == "all" else None
+
+    def _group_weights_all(self, group: LayerGroup) -> torch.Tensor:
+        def damping_of(mean_eig_L):
+            lam = scaled(self.settings.damping, group.smoothed("ntk_mean_eig", mean_eig_L))
+            group.log("algo/npg_damping_mean", lam)
+            return lam
+
+        A_t, _ = damped_ntk_solve(group.ntk, group.adv_B, damping_of)
+        group.log_norm_ratio("algo/npg_adv_ratio_mean", A_t, group.adv_B)
         return A_t
 
     def _damping(self, layer: LayerStats, trace_over_B: torch.Tensor) -> torch.Tensor:

@@ -20,6 +20,7 @@ from isopo_bench.batch import BatchTotals, TrainBatch, pad_and_stack, sequence_l
 from isopo_bench.config import AlgorithmConfig
 from isopo_bench.layerwise.draws import draw_probes, probe_generator
 from isopo_bench.plugin_settings import build_algorithm
+from isopo_bench.layerwise import batched as layerwise_batched
 from isopo_bench.step_driver import accumulate
 
 torch.set_num_threads(1)
@@ -229,7 +230,11 @@ def test_noninteracting_equals_bruteforce(mode, setting):
 
 @pytest.mark.parametrize("mode", ["fast", "faithful"])
 @pytest.mark.parametrize("damping", [1.0, 0.05])
-def test_interacting_equals_bruteforce(mode, damping):
+@pytest.mark.parametrize("batching", ["batched", "per-layer"])
+def test_interacting_equals_bruteforce(mode, damping, batching, monkeypatch):
+    """Both the small-layer batched path (the default for a model this small) and the per-layer one."""
+    if batching == "per-layer":
+        monkeypatch.setattr(layerwise_batched, "MAX_BATCHED_MB", 0)
     model, mb = tiny_model(), make_batch()
     cfg = run_cfg("isopo-interacting", mode=mode, damping=damping)
     assert_grads_close(algo_grads(model, cfg, [mb]), brute_grads(model, cfg, [mb], interacting=True))

@@ -14,6 +14,7 @@ from isopo_bench.algorithms.isopo import IsopoSettings
 from isopo_bench.algorithms.npg_rank1 import NpgSettings
 from isopo_bench.batch import BatchTotals, TrainBatch, pad_and_stack, sequence_logprobs
 from isopo_bench.config import AlgorithmConfig
+from isopo_bench.layerwise import batched as layerwise_batched
 from isopo_bench.layerwise.draws import sample_index
 from isopo_bench.layerwise.kernels import EPS_DAMP
 from isopo_bench.plugin_settings import build_algorithm
@@ -138,7 +139,10 @@ def test_cost_plans_agree(fisher, plan):
         assert rel_err(actual[name], ref[name]) < 1e-10, name
 
 
-def test_all_equals_isopo_interacting():
+@pytest.mark.parametrize("batching", ["batched", "per-layer"])
+def test_all_equals_isopo_interacting(batching, monkeypatch):
+    if batching == "per-layer":
+        monkeypatch.setattr(layerwise_batched, "MAX_BATCHED_MB", 0)
     model, mb = tiny_model(tied=True), make_batch()
     actual = algo_grads(model, cfg_of("npg_rank1", "all", npg_damping=0.2), mb)
     expected = algo_grads(model, cfg_of("isopo-interacting", damping=0.2), mb)

@@ -12,13 +12,15 @@ Modules (pure kernels apart from stateful classes):
 - autograd_linear.py: the custom autograd Linear and the forward overrides;
 - param_rules.py: rules per module type for norms, embeddings and tied heads (`ParameterMap`);
 - session.py: what one microbatch's layers share during its backward;
-- statistics.py: one layer's statistics as a method reads them (`LayerStats`);
+- statistics.py: one layer's statistics as a method reads them (`LayerStats`; `LayerGroup` for a batch
+  of same-shaped layers);
+- batched.py: small-layer batching (per-shape buffers of G_i; K, weights and gradients after the backward);
 - ema.py: EMA statistics and metric means, with their reduction across ranks;
 - engine.py: `LayerwiseAlgorithm`, the algorithm-contract side.
 """
 
 from isopo_bench.layerwise.engine import LayerwiseAlgorithm
 from isopo_bench.layerwise.options import EngineOptions, Needs
-from isopo_bench.layerwise.statistics import LayerStats
+from isopo_bench.layerwise.statistics import LayerGroup, LayerStats
 
-__all__ = ["EngineOptions", "LayerStats", "LayerwiseAlgorithm", "Needs"]
+__all__ = ["EngineOptions", "LayerGroup", "LayerStats", "LayerwiseAlgorithm", "Needs"]

@@ -24,8 +24,9 @@ from torch import nn
 
 from isopo_bench.layerwise.kernels import cast_to
 
-WeightGrad = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-"""(input x, output gradient) -> the layer's weight gradient."""
+WeightGrad = Callable[[torch.Tensor, torch.Tensor], torch.Tensor | None]
+"""(input x, output gradient) -> the layer's weight gradient (None: the engine adds it to .grad after the
+backward, small-layer batching)."""
 
 
 class LayerwiseLinearFn(torch.autograd.Function):
@@ -43,7 +44,9 @@ class LayerwiseLinearFn(torch.autograd.Function):
         # (Casts only where dtypes differ: even a no-op `.to` is a dispatched op, ~10 us per Linear.)
         x_c, w_c = cast_to(x, grad_out.dtype), cast_to(weight, grad_out.dtype)
         grad_x = cast_to(grad_out @ w_c, x.dtype) if ctx.needs_input_grad[0] else None
-        grad_w = cast_to(ctx.weight_grad(x_c, grad_out), weight.dtype) if ctx.needs_input_grad[1] else None
+        grad_w = ctx.weight_grad(x_c, grad_out) if ctx.needs_input_grad[1] else None
+        if grad_w is not None:  # None: the engine adds this weight's gradient after the backward
+            grad_w = cast_to(grad_w, weight.dtype)
         grad_b = None
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_b = torch.zeros(weight.shape[0], dtype=weight.dtype, device=weight.device)

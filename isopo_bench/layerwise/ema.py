@@ -46,6 +46,8 @@ class EmaStats:
         """(sum, count) already reduced in earlier steps (cumulative mode only)."""
         self._pending: dict[str, list[torch.Tensor]] = {}
         """Values collected in this step, not yet summed into `_sum`."""
+        self._pending_many: dict[tuple[str, ...], list[torch.Tensor]] = {}
+        """The same for keys collected together (`collect_many`): one (L,) tensor per microbatch."""
 
     def collect(self, key: str, values: torch.Tensor) -> None:
         """Record the values of statistic `key` seen in this microbatch (any shape; each element counts).
@@ -55,10 +57,30 @@ class EmaStats:
         self._pending.setdefault(key, []).append(_kept(values))
         self._count[key] = self._count.get(key, 0) + values.numel()
 
+    def collect_many(self, keys: list[str], values_L: torch.Tensor) -> None:
+        """`collect(keys[l], values_L[l])` for every l, kept as one tensor (small-layer batching)."""
+        self._pending_many.setdefault(tuple(keys), []).append(_kept(values_L))
+        for key in keys:
+            self._count[key] = self._count.get(key, 0) + 1
+
+    def value_many(self, keys: list[str], current_L: torch.Tensor) -> torch.Tensor:
+        """`value(keys[l], current_L[l])` for every l, as one (L,) tensor."""
+        emas = [self.ema.get(k) for k in keys]
+        current_L = current_L.detach() if current_L.requires_grad else current_L
+        if all(e is None for e in emas):
+            return current_L
+        like = dict(device=current_L.device, dtype=current_L.dtype)
+        return torch.stack([current_L[k] if e is None else e.to(**like) for k, e in enumerate(emas)])
+
     def _fold_pending(self) -> None:
         for key, parts in self._pending.items():
             self._sum[key] = self._sum.get(key, 0.0) + _float64_sum(parts)
         self._pending.clear()
+        for keys, parts in self._pending_many.items():
+            totals = torch.stack(parts).to(torch.float64).sum(dim=0)
+            for k, key in enumerate(keys):
+                self._sum[key] = self._sum.get(key, 0.0) + totals[k]
+        self._pending_many.clear()
 
     def value(self, key: str, current: torch.Tensor) -> torch.Tensor:
         """EMA of `key`, or `current` (the mean of this microbatch's values) before the first update."""
@@ -105,6 +127,7 @@ class EmaStats:
         self._count = dict(state.get("count", {}))
         self._reduced = (dict(self._sum), dict(self._count))
         self._pending.clear()
+        self._pending_many.clear()
 
 
 class MetricSums:
@@ -127,10 +150,11 @@ class MetricSums:
         self._count[key] = self._count.get(key, 0) + values.numel()
 
     def add_norm_ratio(self, key: str, numerator: torch.Tensor, denominator: torch.Tensor, eps: float) -> None:
-        """Add ||numerator|| / (||denominator|| + eps) (one value) to the mean of `key`, computed when the
-        step's metrics are read, for all such pairs at once, in float64."""
+        """Add ||numerator|| / (||denominator|| + eps), norms over the last dimension, to the mean of `key`:
+        one value, or one per leading index of `numerator` (e.g. (L, B) against (B,): one per layer).
+        Computed when the step's metrics are read, for all such pairs at once, in float64."""
         self._ratios.setdefault(key, []).append((_kept(numerator), _kept(denominator), eps))
-        self._count[key] = self._count.get(key, 0) + 1
+        self._count[key] = self._count.get(key, 0) + numerator.numel() // max(numerator.shape[-1], 1)
 
     def pop(self, reducer: Reducer | None = None) -> dict[str, float]:
         sums = {k: float(_float64_sum(parts)) for k, parts in self._parts.items()}
@@ -173,13 +197,15 @@ def _float64_sum(parts: list[torch.Tensor]) -> torch.Tensor:
 
 
 def _norm_ratio_sum(pairs: list[tuple[torch.Tensor, torch.Tensor, float]]) -> torch.Tensor:
-    """sum over pairs of ||num|| / (||den|| + eps), in float64, batched where the shapes agree."""
+    """sum over pairs (and num's leading indices) of ||num|| / (||den|| + eps), norms over the last
+    dimension, in float64, batched where the shapes agree."""
     groups: dict[tuple, list] = {}
     for num, den, eps in pairs:
         groups.setdefault((num.shape, den.shape, eps), []).append((num, den))
     total = torch.zeros((), dtype=torch.float64, device=pairs[0][0].device)
     for (_, _, eps), items in groups.items():
-        nums = torch.stack([n for n, _ in items]).to(torch.float64).flatten(1)
-        dens = torch.stack([d for _, d in items]).to(torch.float64).flatten(1)
-        total = total + (nums.norm(dim=1) / (dens.norm(dim=1) + eps)).sum()
+        nums = torch.stack([n for n, _ in items]).to(torch.float64).norm(dim=-1)
+        dens = torch.stack([d for _, d in items]).to(torch.float64).norm(dim=-1)
+        dens = dens.view(dens.shape + (1,) * (nums.dim() - dens.dim()))
+        total = total + (nums / (dens + eps)).sum()
     return total

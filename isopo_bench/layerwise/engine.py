@@ -30,11 +30,13 @@ from typing import ClassVar
 import torch
 
 from isopo_bench.aggregation import aggregate
-from isopo_bench.algorithm_api import Algorithm, AlgorithmSetup, StepContext
+from isopo_bench.algorithm_api import Algorithm, AlgorithmSetup, StepContext, no_reduction
 from isopo_bench.batch import BatchTotals, TrainBatch
 from isopo_bench.errors import ConfigError
+from isopo_bench.layerwise import batched
 from isopo_bench.layerwise import kernels as K
 from isopo_bench.layerwise import statistics
+from isopo_bench.layerwise.batched import LayerBatching
 from isopo_bench.chunked_logprobs import HeadRule
 from isopo_bench.layerwise.autograd_linear import linear_forward, overridden_forwards, transforms_now
 from isopo_bench.layerwise.ema import EmaStats, MetricSums
@@ -42,7 +44,7 @@ from isopo_bench.layerwise.options import EngineOptions, Needs
 from isopo_bench.layerwise.param_rules import ParameterMap
 from isopo_bench.layerwise.planner import fits_budget, plan_layer
 from isopo_bench.layerwise.session import MicrobatchSession, stats_dtype
-from isopo_bench.layerwise.statistics import LayerStats
+from isopo_bench.layerwise.statistics import LayerGroup, LayerStats
 
 log = logging.getLogger(__name__)
 
@@ -62,10 +64,16 @@ class LayerwiseAlgorithm(Algorithm):
         self._params: ParameterMap | None = None
         self._model_id: int | None = None
         self._head: torch.nn.Module | None = None
+        self._batching: LayerBatching | None = None
 
     def sequence_weights(self, layer: LayerStats) -> torch.Tensor:
         """w_B: this layer's gradient is sum_i w_i G_i."""
         raise NotImplementedError
+
+    group_weights = None
+    """Optional, for methods whose weights depend on the layer NTK alone (`needs` = Needs(ntk=True)):
+    `group_weights(group: LayerGroup) -> w_LB`, the weights of every Linear of one shape at once, equal
+    to `sequence_weights` of each. With it, small layers are batched (batched.py)."""
 
     @classmethod
     def validate(cls, setup: AlgorithmSetup) -> None:
@@ -79,6 +87,9 @@ class LayerwiseAlgorithm(Algorithm):
         self._model_id = id(model)
         get_head = getattr(model, "get_output_embeddings", None)
         self._head = get_head() if callable(get_head) else None
+        batchable = self.group_weights is not None and self.needs == Needs(ntk=True) and opts.mode == "fast"
+        # The LM head stays per layer: under the chunked head its gradient is formed chunk by chunk.
+        self._batching = LayerBatching(self._params.linears, {id(self._head)}) if batchable else None
         desc = {f"{self.metric_prefix}/mode": opts.mode} | self._params.describe(self.metric_prefix)
         if self._params.frozen_names:
             log.info("%s other_params=freeze: no gradient for %s", self.setup.name, _names(self._params.frozen_names))
@@ -105,11 +116,48 @@ class LayerwiseAlgorithm(Algorithm):
                                       session)
             overrides[module] = forward
         overrides |= self._params.other_overrides(session.adv_B, session.shape[1])
+        batching = self._batching_for(mb, ctx)
+        session.batching = batching
         try:
             with overridden_forwards(overrides):
                 yield
+            if batching is not None:
+                self._finish_batched(session, batching)
         finally:
+            if batching is not None:
+                batching.clear()
             session.close()
+
+    def _batching_for(self, mb: TrainBatch, ctx: StepContext) -> LayerBatching | None:
+        """Small-layer batching for this microbatch, or None (batched.py: one process only, within the
+        memory bound)."""
+        batching = self._batching
+        if batching is None or self.options.fast_plan == "ghost" or not _one_process(ctx):
+            return None
+        B = mb.attention_mask_BT.shape[0]
+        dt = self._dtype_of_stats()
+        if not batching.fits(B, dt):
+            return None
+        batching.begin(B, dt, mb.attention_mask_BT.device)
+        return batching
+
+    def _dtype_of_stats(self) -> torch.dtype:
+        weight = next(iter(self._params.linears.values())).weight
+        return stats_dtype(weight.dtype)
+
+    def _finish_batched(self, session: MicrobatchSession, batching: LayerBatching) -> None:
+        """The batched layers' K, weights and sum_i w_i G_i, added to .grad (batched.finish)."""
+        prefix = self.metric_prefix
+
+        def weights_of(group, K_LBB, rows):
+            layers = LayerGroup([group.names[k] for k in rows], session.adv_in(K_LBB.dtype), self.ema,
+                                self.metrics, K_LBB)
+            return self.group_weights(layers)
+
+        pending = batching.pending()
+        self.metrics.add(f"algo/{prefix}_batched_layers", float(sum(sum(g.filled) for g in pending)))
+        with torch.no_grad(), K.stage(f"{prefix}/batched"):
+            batched.finish(pending, weights_of)
 
     def _check_input(self, session: MicrobatchSession, name: str, x: torch.Tensor) -> None:
         if not session.open:
@@ -147,7 +195,7 @@ class LayerwiseAlgorithm(Algorithm):
         return w_B
 
     def _weight_grad(self, session: MicrobatchSession, name: str, index: int, x: torch.Tensor,
-                     grad_out: torch.Tensor) -> torch.Tensor:
+                     grad_out: torch.Tensor) -> torch.Tensor | None:
         prefix = self.metric_prefix
         self._check_input(session, name, x)
         B, T = session.shape
@@ -156,6 +204,12 @@ class LayerwiseAlgorithm(Algorithm):
         g = grad_out if grad_out.dtype == dt else grad_out.to(dt)
         needs = self.needs
         plan = plan_layer(B, T, x.shape[-1], grad_out.shape[-1], dt, needs.ntk, self.options)
+        if session.batching is not None and plan == "materialise":
+            slot = session.batching.slot(self._params.linears[name], B, dt)
+            if slot is not None:  # K, w and the gradient come after the backward (batched.py)
+                K.seq_grads(a, g, out=slot)
+                self.metrics.add(f"algo/{prefix}_materialised_frac", 1.0)
+                return None
         layer = LayerStats(name, index, session.adv_in(dt), self.options.mode == "faithful", self.ema, self.metrics)
         G = statistics.compute(layer, session, needs, plan, x, a, g, prefix)
         w_B = self.sequence_weights(layer)
@@ -201,6 +255,15 @@ class HeadForward(HeadRule):
     def kept_weight_grad(self) -> torch.Tensor | None:
         grad, self._session.kept_head_grad = self._session.kept_head_grad, None
         return grad
+
+
+def _one_process(ctx: StepContext) -> bool:
+    """No data parallelism: gradients need not exist before the backward ends. (Under DDP/FSDP they are
+    all-reduced during it, whatever reducer the step context carries.)"""
+    if ctx.reducer is not no_reduction:
+        return False
+    return not (torch.distributed.is_available() and torch.distributed.is_initialized()
+                and torch.distributed.get_world_size() > 1)
 
 
 def _names(names: list[str]) -> str:

@@ -90,18 +90,23 @@ def damped_solve_eigh(K_BB: torch.Tensor, A_B: torch.Tensor, lam: torch.Tensor) 
 
 def damped_ntk_solve(K_BB: torch.Tensor, A_B: torch.Tensor, damping_of) -> tuple[torch.Tensor, torch.Tensor]:
     """(A~, lambda) with lambda = damping_of(tr K / B) and A~ = lambda (K + (lambda + 1e-8) I)^-1 A, in
-    float64 (fast mode; `damping_of` maps this microbatch's mean eigenvalue to lambda, e.g. an EMA).
+    float64 (fast mode; `damping_of` maps the mean eigenvalue to lambda, e.g. an EMA). K may carry a
+    leading layer axis (L, B, B) (small-layer batching): then lambda is (L,) and A~ (L, B).
     A~ is in K's dtype, lambda in float64."""
     # One float64 copy of K gives the trace and, shifted in place on its diagonal (no identity matrix),
     # the solve; solve_ex skips the singularity check (K + lambda' I with lambda' > 0 is positive
     # definite), which on CUDA is a host sync. About ten small ops in all: in a backward pass each costs
     # ~10-20 us, which on a small model is more than the layer's Gram matrix.
     K64 = K_BB.to(torch.float64, copy=True)
-    diag = K64.diagonal()
-    lam64 = damping_of(diag.mean())
-    diag.add_(lam64 + EPS_DAMP)
-    sol = torch.linalg.solve_ex(K64, cast_to(A_B, torch.float64))[0]
-    return cast_to(lam64 * sol, K_BB.dtype), lam64
+    diag = K64.diagonal(dim1=-2, dim2=-1)
+    lam64 = damping_of(diag.mean(dim=-1))
+    lam_col = lam64 if K_BB.dim() == 2 else lam64.unsqueeze(-1)
+    diag.add_(lam_col + EPS_DAMP)
+    A64 = cast_to(A_B, torch.float64)
+    if K_BB.dim() > 2:
+        A64 = A64.expand(K_BB.shape[:-1])
+    sol = torch.linalg.solve_ex(K64, A64)[0]
+    return cast_to(lam_col * sol, K_BB.dtype), lam64
 
 
 def input_row(a_BTI: torch.Tensor, j: int) -> torch.Tensor:

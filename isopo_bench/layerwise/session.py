@@ -37,6 +37,8 @@ class MicrobatchSession:
         self._cache: OrderedDict = OrderedDict()
         self._per_dtype: dict = {}
         self.kept_head_grad: torch.Tensor | None = None
+        self.batching = None
+        """The microbatch's small-layer batching (batched.LayerBatching), or None: the per-layer path."""
         """The chunked LM head's sum_i w_i G_i when its statistics kept G_i (engine._head_weights)."""
 
     @property

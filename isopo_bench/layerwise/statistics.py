@@ -62,6 +62,34 @@ class LayerStats:
         self.metrics.add_norm_ratio(key, numerator, denominator, K.EPS_NORM)
 
 
+@dataclass
+class LayerGroup:
+    """The Linears of one weight shape in one microbatch, as a method's `group_weights` sees them under
+    small-layer batching (batched.py): LayerStats' statistics with a leading layer axis L."""
+
+    names: list[str]
+    adv_B: torch.Tensor
+    ema: EmaStats
+    metrics: MetricSums
+    ntk: torch.Tensor
+    """(L, B, B): each layer's NTK."""
+
+    def smoothed(self, stat: str, current_L: torch.Tensor) -> torch.Tensor:
+        """LayerStats.smoothed for every layer of the group: (L,) in, (L,) out, the same EMA keys."""
+        keys = [f"{stat}/{name}" for name in self.names]
+        value = self.ema.value_many(keys, current_L)
+        self.ema.collect_many(keys, current_L)
+        return value
+
+    def log(self, key: str, values_L: torch.Tensor) -> None:
+        """One value per layer, as LayerStats.log of each layer's value."""
+        self.metrics.add(key, values_L)
+
+    def log_norm_ratio(self, key: str, numerator_LB: torch.Tensor, denominator_B: torch.Tensor) -> None:
+        """LayerStats.log_norm_ratio for each layer's row."""
+        self.metrics.add_norm_ratio(key, numerator_LB, denominator_B, K.EPS_NORM)
+
+
 def compute(stats: LayerStats, session: MicrobatchSession, needs: Needs, plan: str, x: torch.Tensor,
             a: torch.Tensor, g: torch.Tensor, prefix: str) -> torch.Tensor | None:
     """Fill `stats` with what `needs` asks for; returns the materialised G_BOI when the plan keeps it."""
