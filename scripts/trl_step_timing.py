@@ -60,6 +60,10 @@ from isopo_bench.timing import thread_metric
 
 ARMS = ("trl", "recompute", "sampler")
 PHASES = ("generate", "pi_old", "update", "other")
+"""Disjoint parts of a step (`other` = the step minus the first three)."""
+PARTS = ("fwd_bwd", "optimizer", "mlflow")
+"""Parts inside those: the update's loss forwards + backwards and its clip + optimizer steps; the MLflow write
+(isopo-bench only) inside `other`."""
 
 
 @dataclass(frozen=True)
@@ -166,6 +170,7 @@ class IsopoArm:
         self.trainer.algorithm.attach(self.trainer.model)
         self.clock = PhaseClock()
         self.clock.wrap(self.trainer, "_forward_logp", "pi_old")  # counts the pi_old forwards
+        self.clock.wrap(self.trainer, "_clip_and_step", "optimizer")  # clip, AdamW, the finite-state check
         self.rollouts = []
         generate = self.trainer.engine.generate
 
@@ -186,10 +191,14 @@ class IsopoArm:
         phases = {name: (metrics[key], metrics[thread_metric(key)])
                   for name, key in (("generate", M.TIME_ROLLOUT), ("pi_old", M.TIME_OLD_LOGP), ("update", M.TIME_UPDATE))}
         phases["mlflow"] = (end_wall - mlflow_wall, end_cpu - mlflow_cpu)
+        clock = self.clock.pop()
+        optimizer = clock.get("optimizer", [0.0, 0.0])
+        phases["optimizer"] = (optimizer[0], optimizer[1])
+        phases["fwd_bwd"] = (phases["update"][0] - optimizer[0], phases["update"][1] - optimizer[1])
         rollout = self.rollouts.pop()
-        return StepRecord(self.name, self.step_index, end_wall - wall, end_cpu - cpu, with_other(phases, end_wall - wall, end_cpu - cpu),
-                          int(self.clock.pop().get("pi_old", [0, 0, 0])[2]), rollout.prompt_ids,
-                          [len(c) for c in rollout.completion_ids])
+        wall, cpu = end_wall - wall, end_cpu - cpu
+        return StepRecord(self.name, self.step_index, wall, cpu, with_other(phases, wall, cpu),
+                          int(clock.get("pi_old", [0, 0, 0])[2]), rollout.prompt_ids, [len(c) for c in rollout.completion_ids])
 
     def close(self) -> None:
         self.trainer.engine.close()
@@ -237,6 +246,9 @@ class TRLArm:
         self.clock.wrap(tr, "_generate_and_score_completions", "score")
         self.clock.wrap(tr, "_get_per_token_logps_and_entropies", "pi_old", when=lambda: not torch.is_grad_enabled())
         self.clock.wrap(tr, "_generate_single_turn", "generate")
+        self.clock.wrap(tr, "compute_loss", "fwd_bwd")
+        self.clock.wrap(tr.accelerator, "backward", "fwd_bwd")
+        self.clock.wrap(tr, "_clip_grad_norm", "optimizer")
         generate = tr._generate_single_turn
 
         def recording(prompt_ids, *args, **kwargs):
@@ -247,9 +259,19 @@ class TRLArm:
         tr._generate_single_turn = recording
         self.go, self.paused = threading.Semaphore(0), threading.Semaphore(0)
         self.pending, self.error, self.cpu_mark = None, None, 0.0
-        arm, every = self, cfg.optim.minibatches_per_step
+        arm, every, mark = self, cfg.optim.minibatches_per_step, [0.0, 0.0]
 
         class PauseAfterRollout(TrainerCallback):
+            """Times optimizer.step (between its two callbacks) and pauses after a rollout batch's last step."""
+
+            def on_pre_optimizer_step(self, args, state, control, **kwargs):
+                mark[:] = perf_counter(), thread_time()
+
+            def on_optimizer_step(self, args, state, control, **kwargs):
+                t = arm.clock.totals.setdefault("optimizer", [0.0, 0.0, 0])
+                t[0] += perf_counter() - mark[0]
+                t[1] += thread_time() - mark[1]
+
             def on_step_end(self, args, state, control, **kwargs):
                 if state.global_step % every == 0:
                     arm._pause()
@@ -287,8 +309,8 @@ class TRLArm:
         cpu, clock, (prompt_rows, lengths) = self.pending
         zero = [0.0, 0.0, 0]
         score = clock.get("score", zero)
-        phases = {"generate": tuple(clock.get("generate", zero)[:2]), "pi_old": tuple(clock.get("pi_old", zero)[:2]),
-                  "update": (wall - score[0], cpu - score[1])}
+        phases = {name: tuple(clock.get(name, zero)[:2]) for name in ("generate", "pi_old", "fwd_bwd", "optimizer")}
+        phases["update"] = (wall - score[0], cpu - score[1])
         return StepRecord("trl", self.step_index, wall, cpu, with_other(phases, wall, cpu),
                           int(clock.get("pi_old", zero)[2]), prompt_rows, lengths)
 
@@ -327,11 +349,10 @@ def summarize(records: list[StepRecord], warmup: int) -> dict:
     for arm, rows in by_arm.items():
         s = {"steps": len(rows), "wall": quartiles([r.wall for r in rows]), "cpu": quartiles([r.cpu for r in rows]),
              "mean_completion_len": statistics.fmean(l for r in rows for l in r.completion_lengths)}
-        for phase in PHASES:
-            s[f"{phase}_wall"] = statistics.median(r.phases[phase][0] for r in rows)
-            s[f"{phase}_cpu"] = statistics.median(r.phases[phase][1] for r in rows)
-        if all("mlflow" in r.phases for r in rows):
-            s["mlflow_wall"] = statistics.median(r.phases["mlflow"][0] for r in rows)
+        for phase in PHASES + PARTS:
+            if all(phase in r.phases for r in rows):
+                s[f"{phase}_wall"] = statistics.median(r.phases[phase][0] for r in rows)
+                s[f"{phase}_cpu"] = statistics.median(r.phases[phase][1] for r in rows)
         out[arm] = s
     trl = out["trl"]
     for arm in ARMS[1:]:
@@ -350,11 +371,12 @@ def print_report(summary: dict, load: tuple, steps: int, warmup: int) -> None:
         ratio = {c: f"{s[f'{c}_vs_trl']:.3f} ({s[f'{c}_vs_trl_paired']:.3f})" if arm != "trl" else "1" for c in ("wall", "cpu")}
         print(f"| {arm} | {s['wall'][1]:.3f} [{s['wall'][0]:.3f}, {s['wall'][2]:.3f}] | {s['cpu'][1]:.3f} "  # noqa: T201
               f"[{s['cpu'][0]:.3f}, {s['cpu'][2]:.3f}] | {ratio['wall']} | {ratio['cpu']} | {s['mean_completion_len']:.1f} |")
-    print("\n| arm | " + " | ".join(f"{p} wall / CPU" for p in PHASES) + " | of which MLflow wall |\n|---|"  # noqa: T201
-          + "---:|" * (len(PHASES) + 1))
+    columns = PHASES + PARTS
+    print("\nmedian s (wall / thread CPU); update = fwd_bwd + optimizer (+ for TRL its loop: dataloader, batch slicing)")  # noqa: T201
+    print("| arm | " + " | ".join(columns) + " |\n|---|" + "---:|" * len(columns))  # noqa: T201
     for arm, s in summary.items():
-        cells = " | ".join(f"{s[f'{p}_wall']:.3f} / {s[f'{p}_cpu']:.3f}" for p in PHASES)
-        print(f"| {arm} | {cells} | {s['mlflow_wall']:.3f} |" if "mlflow_wall" in s else f"| {arm} | {cells} | - |")  # noqa: T201
+        cells = [f"{s[f'{p}_wall']:.3f} / {s[f'{p}_cpu']:.3f}" if f"{p}_wall" in s else "-" for p in columns]
+        print(f"| {arm} | " + " | ".join(cells) + " |")  # noqa: T201
 
 
 def main(argv: list[str] | None = None) -> dict:
