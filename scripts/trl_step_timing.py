@@ -30,7 +30,8 @@ that a callback pauses after each rollout batch's last optimizer step; semaphore
 time, so nothing overlaps. Split per step: generate (TRL `_generate_single_turn`, isopo-bench
 `time/rollout`), pi_old (the no-grad log-prob forward), update (isopo-bench `time/update`; TRL: everything
 outside `_generate_and_score_completions`: dataloader, forwards, backwards, optimizer), other (the rest:
-rewards, batch building, advantages, MLflow).
+rewards, batch building, advantages, MLflow); inside update, fwd_bwd (TRL `compute_loss` +
+`accelerator.backward`, isopo-bench the update minus its `_clip_and_step`) and optimizer (clip + AdamW).
 
     .venv/bin/python scripts/trl_step_timing.py [--steps 12] [--warmup 2] [--out DIR]
 """
