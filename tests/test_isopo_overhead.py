@@ -35,18 +35,25 @@ def test_cli_prints_the_table(capsys, monkeypatch):
     assert "| micro | 12 | 2 | 64 | 5 | isopo (fast) |" in out and "faithful" not in out
 
 
-def test_breakdown_names_the_engine_stages_only_while_profiling():
+def test_breakdown_names_the_engine_stages_only_while_profiling(monkeypatch):
     """Profiler ranges are entered only when a profiler runs (they cost ~10 us each otherwise), and
-    `--breakdown` still sees every stage of interacting ISOPO."""
+    `--breakdown` still sees every stage of interacting ISOPO, on the small-layer batched path and on the
+    per-layer one."""
     import contextlib
 
+    from isopo_bench.layerwise import batched
     from isopo_bench.layerwise.kernels import stage
     from isopo_bench.overhead import breakdown
 
     assert isinstance(stage("isopo/x"), contextlib.nullcontext)
-    rows = breakdown(MICRO, variants(["reinforce", "isopo-interacting"], False), torch.device("cpu"), torch.float32)
-    stages = {r["op"] for r in rows if r["op"].startswith("isopo/")}
-    assert {"isopo/ntk", "isopo/combine"} <= stages
+
+    def stages():
+        rows = breakdown(MICRO, variants(["reinforce", "isopo-interacting"], False), torch.device("cpu"), torch.float32)
+        return {r["op"] for r in rows if r["op"].startswith("isopo/")}
+
+    assert "isopo/batched" in stages()
+    monkeypatch.setattr(batched, "MAX_BATCHED_MB", 0)
+    assert {"isopo/ntk", "isopo/combine"} <= stages()
 
 
 def test_the_tier_shape_is_the_cpu_suites_update():
