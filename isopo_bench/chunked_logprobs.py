@@ -15,11 +15,13 @@ instance `forward` is a `HeadRule` also takes the chunked path. Its backward the
 chunks instead of rows: pass 1 hands the rule d loss / d logits on columns [v, v + c) of every position
 (`vocab_chunk_grads`, recomputed from h, W and the forward's logsumexp), from which it forms the head's
 per-sequence statistics (each one a sum over output rows) and returns the per-sequence weights w_B, while the
-ordinary input gradient is accumulated from the same chunks; pass 2 recomputes the chunks and writes rows
-[v, v + c) of the weight gradient sum_t w_seq(t) g_t h_t^T. A rule that kept its per-sequence gradients
-G_i (B x V x d within its memory budget; interacting ISOPO at moderate vocabularies) returns sum_i w_i G_i
-itself (`kept_weight_grad`) and pass 2 does not run. At most one N x c (and B x T x c) slice of logits exists
-at a time; the price is one more head matmul than the full path per pass (logits recomputed).
+ordinary input gradient is accumulated from the same chunks; pass 2 writes rows [v, v + c) of the weight
+gradient sum_t w_seq(t) g_t h_t^T from the same chunks, kept from pass 1 when all N x V of them fit
+`KEEP_CHUNKS_BUDGET_MB` and recomputed otherwise (same bits either way). A rule that kept its per-sequence
+gradients G_i (B x V x d within its memory budget; interacting ISOPO at moderate vocabularies) returns
+sum_i w_i G_i itself (`kept_weight_grad`) and pass 2 does not run. Beyond those budgeted keeps, at most one
+N x c (and B x T x c) slice of logits exists at a time; the price is one more head matmul than the full path
+per pass that recomputes (logits).
 
 Where it applies (`applies`): a plain HF causal LM whose output embedding is an nn.Linear with no instance
 `forward` override other than a HeadRule, no module hooks on the head or the model (their
@@ -39,6 +41,9 @@ import torch.nn.functional as F
 
 CHUNK_BUDGET_MB = 64
 """Float32 logits per chunk: rows = max(1, budget / (4 V)) (~110 rows at V = 151,936)."""
+KEEP_CHUNKS_BUDGET_MB = 256
+"""A rule's pass 1 keeps its N x V output-gradient chunks for pass 2 (no third head product) when they take
+at most this much (float32): at moderate vocabularies and batches; never at the paper's (N x 151,936)."""
 _MODE = {"mode": os.environ.get("ISOPO_LOGPROBS", "auto")}
 
 
@@ -91,6 +96,11 @@ class HeadRule:
         """sum_i w_i G_i (V, d) when the rule kept the head's per-sequence gradients while it formed its
         statistics (then the backward's second pass over the vocabulary does not run), else None."""
         return None
+
+    def will_keep_weight_grad(self, hidden_BTd: torch.Tensor, vocab: int) -> bool:
+        """Whether `kept_weight_grad` will return the gradient for this input (then pass 1 need not keep
+        its output-gradient chunks for pass 2)."""
+        return False
 
 
 def _head_rule(head: torch.nn.Module) -> HeadRule | None:
@@ -237,6 +247,11 @@ def _rule_backward(ctx, h_Nd, weight, bias, targets_N, lse, grad_logp):
     acc_dt = torch.float64 if model_dt == torch.float64 else torch.float32
     grad_h = torch.zeros(h_Nd.shape, dtype=acc_dt, device=h_Nd.device) if ctx.needs_input_grad[0] else None
     progress = {"calls": 0, "grad_h_done": False}
+    # Pass 2 reuses pass 1's chunks when they fit the budget: recomputing them is one more head product
+    # (N d V), ~5% of an update step at Qwen3-0.6B widths with V 8192; the values are the same bits.
+    keep_chunks = (h_Nd.shape[0] * weight.shape[0] * torch.finfo(acc_dt).bits // 8 <= KEEP_CHUNKS_BUDGET_MB * 2**20
+                   and not inputs.rule.will_keep_weight_grad(inputs.hidden_BTd, weight.shape[0]))
+    kept_chunks: list[tuple[int, torch.Tensor]] = []
 
     def chunks() -> Iterator[tuple[int, torch.Tensor]]:
         return vocab_chunk_grads(h_Nd, weight, bias, targets_N, lse, grad_logp, ctx.temperature, cols)
@@ -251,11 +266,13 @@ def _rule_backward(ctx, h_Nd, weight, bias, targets_N, lse, grad_logp):
         for v, g_Nc in chunks():
             if first and grad_h is not None:
                 input_grad_part(v, g_Nc)
+            if first and keep_chunks:
+                kept_chunks.append((v, g_Nc))
             # Rounded through the model dtype, as the full path's output gradient is.
             g_BTc = g_Nc.new_zeros(B, T, g_Nc.shape[1])
             g_BTc[rows_BT] = g_Nc.to(model_dt).to(g_Nc.dtype)
             yield g_BTc
-        if first:  # only a first iteration run to its end holds every chunk's part
+        if first:  # only a first iteration run to its end holds every chunk's part (and every chunk)
             progress["grad_h_done"] = True
 
     w_B = inputs.rule.sequence_weights(inputs.hidden_BTd, grids)
@@ -270,13 +287,15 @@ def _rule_backward(ctx, h_Nd, weight, bias, targets_N, lse, grad_logp):
         fill_w = grad_w is None
         if fill_w:
             grad_w = torch.empty_like(weight)
+        second_pass = kept_chunks if progress["grad_h_done"] and keep_chunks else chunks()
         with torch.no_grad():
-            for v, g_Nc in chunks():
+            for v, g_Nc in second_pass:
                 if redo_grad_h:
                     input_grad_part(v, g_Nc)
                 if fill_w:
                     grad_w[v : v + g_Nc.shape[1]] = (g_Nc.to(model_dt).T @ hw_Nd).to(weight.dtype)
                 del g_Nc
+    kept_chunks.clear()
     grad_b = torch.zeros_like(bias) if bias is not None and ctx.needs_input_grad[2] else None
     return (None if grad_h is None else grad_h.to(model_dt), grad_w, grad_b, None, None, None, None, None)
 

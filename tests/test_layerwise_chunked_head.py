@@ -89,11 +89,13 @@ def assert_same_step(cfg, model, mb, rtol: float, metric_rtol: float | None = No
 def test_chunked_head_equals_full_path(variant, dtype, tied, side, several_chunks):
     model, mb = model_and_batch(dtype, tied, side)
     # float32: the head's products summed by vocabulary chunks round differently from one matmul; measured
-    # 0.7e-6 to 1.3e-6 (norm-relative) on the deepest layers' gradients, i.e. ~10 float32 ulps.
+    # 0.7e-6 to 1.3e-6 (norm-relative) on the deepest layers' gradients on one development machine and up to
+    # 2.6e-6 on an AMD EPYC one (the CPU picks the matmul kernels, hence the rounding): ~10-20 float32 ulps.
+    # float64 is the exactness check (1e-12).
     if dtype == torch.float64:
         assert_same_step(VARIANTS[variant], model, mb, 1e-12)
     else:
-        assert_same_step(VARIANTS[variant], model, mb, 2e-6, metric_rtol=1e-6)
+        assert_same_step(VARIANTS[variant], model, mb, 5e-6, metric_rtol=1e-6)
 
 
 @pytest.mark.parametrize("variant", sorted(set(VARIANTS) - {"isopo", "isopo-interacting", "npg-one-ghost"}))
@@ -118,14 +120,42 @@ def test_chunked_head_equals_bruteforce(variant, interacting, several_chunks):
                                             ("npg-one-materialise", 1), ("npg-one-ghost", 2)])
 def test_a_rule_that_kept_its_per_sequence_gradients_skips_the_second_pass(variant, passes, several_chunks, monkeypatch):
     """Where the head's G_i fit the budget and the statistics formed them, the weight gradient is their
-    B-term sum and the vocabulary is swept once (logits recomputed once, not twice); otherwise twice. The
-    gradients are the full path's either way (the tests above)."""
+    B-term sum and the vocabulary is swept once (logits recomputed once, not twice); otherwise twice, when
+    pass 1 may not keep its output-gradient chunks (budget 0). The gradients are the full path's either way
+    (the tests above)."""
+    monkeypatch.setattr(C, "KEEP_CHUNKS_BUDGET_MB", 0)
     sweeps = []
     real = C.vocab_chunk_grads
     monkeypatch.setattr(C, "vocab_chunk_grads", lambda *a, **k: sweeps.append(1) or real(*a, **k))
     model, mb = model_and_batch(torch.float64, True, "right")
     _, _, calls = step(VARIANTS[variant], model, mb, "chunked")
     assert calls == 1 and len(sweeps) == passes
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("variant,sweeps_without_keep", [
+    ("isopo", 2), ("isopo-ghost", 2), ("isopo-interacting-over-budget", 2), ("npg-one-ghost", 2),
+    ("isopo-pqr", 1), ("seq-norm", 1), ("isopo-interacting", 1)])  # the last three keep their own G_i
+def test_pass_two_reuses_the_kept_chunks_bit_for_bit(variant, sweeps_without_keep, dtype, several_chunks, monkeypatch):
+    """Within KEEP_CHUNKS_BUDGET_MB, pass 1's output-gradient chunks serve pass 2: the vocabulary is swept
+    once, and every gradient and metric is the same bits as with the chunks recomputed. A rule that keeps
+    its own G_i (interacting ISOPO within budget) needs neither, and pass 1 keeps no chunks for it."""
+    sweeps, kept_sizes = [], []
+    real = C.vocab_chunk_grads
+    monkeypatch.setattr(C, "vocab_chunk_grads", lambda *a, **k: sweeps.append(1) or real(*a, **k))
+    model, mb = model_and_batch(dtype, False, "left")
+    results = {}
+    for budget in (0, C.KEEP_CHUNKS_BUDGET_MB):
+        monkeypatch.setattr(C, "KEEP_CHUNKS_BUDGET_MB", budget)
+        sweeps.clear()
+        results[budget] = step(VARIANTS[variant], model, mb, "chunked") + (len(sweeps),)
+    (g_redo, m_redo, _, sweeps_redo), (g_kept, m_kept, _, sweeps_kept) = results[0], results[C.KEEP_CHUNKS_BUDGET_MB]
+    assert sweeps_kept == 1 and sweeps_redo == sweeps_without_keep
+    for name, exp in g_redo.items():
+        assert (exp is None) == (g_kept[name] is None), name
+        if exp is not None:
+            assert torch.equal(exp, g_kept[name]), name
+    assert m_kept == m_redo
 
 
 def test_npg_rank1_model_takes_the_chunked_head():

@@ -113,7 +113,7 @@ class LayerwiseAlgorithm(Algorithm):
             forward = linear_forward(module, functools.partial(self._weight_grad, session, name, i))
             if module is self._head:  # the chunked LM head (isopo_bench.chunked_logprobs) reads its rule
                 forward = HeadForward(module, forward, functools.partial(self._head_weights, session, name, i),
-                                      session)
+                                      session, functools.partial(self._head_keeps_grads, session))
             overrides[module] = forward
         overrides |= self._params.other_overrides(session.adv_B, session.shape[1])
         batching = self._batching_for(mb, ctx)
@@ -169,6 +169,18 @@ class LayerwiseAlgorithm(Algorithm):
                 "(batch, time, features) inputs of the microbatch are supported (no packing)"
             )
 
+    def _head_keeps_grads(self, session: MicrobatchSession, x: torch.Tensor, V: int) -> bool:
+        """Whether `_head_weights` will keep the head's per-sequence gradients (and form its weight
+        gradient itself) for this input."""
+        B, T = session.shape
+        dt = stats_dtype(x.dtype)
+        n = self.needs
+        plan = plan_layer(B, T, x.shape[-1], V, dt, n.ntk, self.options)
+        forms_G = n.euclid_norms or n.ntk or n.ntk_row or self.options.mode == "faithful"  # compute_chunked's with_G
+        # Keeping every chunk's G_i makes the head's weight gradient a B-term sum here and spares the chunked
+        # head its second pass (faithful plans ignore the budget; the keep does not).
+        return plan == "materialise" and forms_G and fits_budget(B, x.shape[-1], V, dt, self.options)
+
     def _head_weights(self, session: MicrobatchSession, name: str, index: int, x: torch.Tensor,
                       g_chunks) -> torch.Tensor:
         """w_B of the LM head under the chunked head: the same statistics as `_weight_grad`'s, summed over
@@ -181,10 +193,7 @@ class LayerwiseAlgorithm(Algorithm):
         V, d = self._head.out_features, x.shape[-1]
         plan = plan_layer(B, T, d, V, dt, self.needs.ntk, self.options)
         layer = LayerStats(name, index, session.adv_in(dt), self.options.mode == "faithful", self.ema, self.metrics)
-        # Keeping every chunk's G_i (within the budget the full path's plan allows) makes the head's weight
-        # gradient a B-term sum here and spares the chunked head a second pass (logits and a matmul).
-        keep = plan == "materialise" and fits_budget(B, d, V, dt, self.options)  # faithful plans ignore the budget
-        kept: list[torch.Tensor] | None = [] if keep else None
+        kept: list[torch.Tensor] | None = [] if self._head_keeps_grads(session, x, V) else None
         materialised = statistics.compute_chunked(layer, session, self.needs, plan, x, a, g_chunks, V,
                                                   self.metric_prefix, keep=kept)
         w_B = self.sequence_weights(layer)
@@ -240,8 +249,9 @@ class HeadForward(HeadRule):
     """The LM head's override: the layer-wise Linear forward on the full path, and the per-sequence
     weights of the chunked head's backward (isopo_bench.chunked_logprobs.HeadRule)."""
 
-    def __init__(self, module: torch.nn.Module, forward, weights, session: MicrobatchSession):
+    def __init__(self, module: torch.nn.Module, forward, weights, session: MicrobatchSession, keeps):
         self.module, self._forward, self._weights, self._session = module, forward, weights, session
+        self._keeps = keeps
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return self._forward(x)
@@ -255,6 +265,9 @@ class HeadForward(HeadRule):
     def kept_weight_grad(self) -> torch.Tensor | None:
         grad, self._session.kept_head_grad = self._session.kept_head_grad, None
         return grad
+
+    def will_keep_weight_grad(self, hidden_BTd: torch.Tensor, vocab: int) -> bool:
+        return self._keeps(hidden_BTd, vocab)
 
 
 def _one_process(ctx: StepContext) -> bool:
