@@ -248,7 +248,8 @@ def _rule_backward(ctx, h_Nd, weight, bias, targets_N, lse, grad_logp):
     grad_h = torch.zeros(h_Nd.shape, dtype=acc_dt, device=h_Nd.device) if ctx.needs_input_grad[0] else None
     progress = {"calls": 0, "grad_h_done": False}
     # Pass 2 reuses pass 1's chunks when they fit the budget: recomputing them is one more head product
-    # (N d V), ~5% of an update step at Qwen3-0.6B widths with V 8192; the values are the same bits.
+    # (2 N d V FLOPs; by the FLOP count ~4-5% of an update step at Qwen3-0.6B widths with V 8192, too small
+    # for this machine's timing noise to confirm); the values are the same bits either way.
     keep_chunks = (h_Nd.shape[0] * weight.shape[0] * torch.finfo(acc_dt).bits // 8 <= KEEP_CHUNKS_BUDGET_MB * 2**20
                    and not inputs.rule.will_keep_weight_grad(inputs.hidden_BTd, weight.shape[0]))
     kept_chunks: list[tuple[int, torch.Tensor]] = []
