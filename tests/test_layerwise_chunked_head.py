@@ -139,18 +139,26 @@ def test_a_rule_that_kept_its_per_sequence_gradients_skips_the_second_pass(varia
 def test_pass_two_reuses_the_kept_chunks_bit_for_bit(variant, sweeps_without_keep, dtype, several_chunks, monkeypatch):
     """Within KEEP_CHUNKS_BUDGET_MB, pass 1's output-gradient chunks serve pass 2: the vocabulary is swept
     once, and every gradient and metric is the same bits as with the chunks recomputed. A rule that keeps
-    its own G_i (interacting ISOPO within budget) needs neither, and pass 1 keeps no chunks for it."""
-    sweeps, kept_sizes = [], []
-    real = C.vocab_chunk_grads
+    its own G_i (interacting ISOPO within budget) needs neither: the engine says so in advance
+    (`will_keep_weight_grad`, which gates the keep), exactly for the rules whose second pass never runs."""
+    from isopo_bench.layerwise.engine import HeadForward
+
+    sweeps, keeps_own = [], []
+    real, real_keeps = C.vocab_chunk_grads, HeadForward.will_keep_weight_grad
     monkeypatch.setattr(C, "vocab_chunk_grads", lambda *a, **k: sweeps.append(1) or real(*a, **k))
+    monkeypatch.setattr(HeadForward, "will_keep_weight_grad",
+                        lambda self, *a: keeps_own.append(real_keeps(self, *a)) or keeps_own[-1])
     model, mb = model_and_batch(dtype, False, "left")
+    default = C.KEEP_CHUNKS_BUDGET_MB
     results = {}
-    for budget in (0, C.KEEP_CHUNKS_BUDGET_MB):
+    for budget in (0, default):
         monkeypatch.setattr(C, "KEEP_CHUNKS_BUDGET_MB", budget)
         sweeps.clear()
         results[budget] = step(VARIANTS[variant], model, mb, "chunked") + (len(sweeps),)
-    (g_redo, m_redo, _, sweeps_redo), (g_kept, m_kept, _, sweeps_kept) = results[0], results[C.KEEP_CHUNKS_BUDGET_MB]
+    (g_redo, m_redo, _, sweeps_redo), (g_kept, m_kept, _, sweeps_kept) = results[0], results[default]
     assert sweeps_kept == 1 and sweeps_redo == sweeps_without_keep
+    # pass 1 keeps chunks only for rules that will not form the head's gradient themselves
+    assert keeps_own and set(keeps_own) == {sweeps_without_keep == 1}
     for name, exp in g_redo.items():
         assert (exp is None) == (g_kept[name] is None), name
         if exp is not None:
